@@ -1,0 +1,122 @@
+"""Torch-native twin of the region convolution kernels: gather - GEMM - scatter on NHWC rows.
+
+The active pixels are processed in chunks of rows so that the gathered receptive fields
+(``chunk x taps*C_in``) stay cache-sized and no full-size temporary is ever built: the cost
+is proportional to the number of active pixels. Contract: see ``sparsecascade.kernels``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .geometry import ConvGeometry
+
+# Rows per GEMM: large enough for an efficient matmul, small enough that the gathered
+# receptive fields of a 3x3x256 conv (~2.4 MB in fp32) stay in cache.
+CHUNK_ROWS = 512
+
+
+def _gather_columns(x_rows: torch.Tensor, idx: torch.Tensor, geometry: ConvGeometry):
+    """im2col restricted to the output pixels ``idx``: (P, taps*C_in), plus the tap table."""
+    if geometry.is_pointwise:
+        return x_rows.index_select(0, idx), None, None
+    rows, valid = geometry.tap_rows(idx)
+    cols = x_rows.index_select(0, rows.reshape(-1)).view(idx.numel(), geometry.taps, x_rows.shape[1])
+    # Taps in the zero padding were clamped to a real row: zero them (also drops any NaN there,
+    # as the dense conv never reads it).
+    cols = cols.masked_fill(~valid.unsqueeze(-1), 0)
+    return cols.view(idx.numel(), -1), rows, valid
+
+
+def apply_epilogue(acc, *, bias=None, scale=None, shift=None, residual=None, res_scale=1.0, relu=False):
+    """The fused epilogue on accumulator rows (fp32, or fp64 for fp64 inputs), ``residual`` aligned
+    with them: relu?(residual + res_scale * ((acc + bias) * scale + shift))."""
+    if bias is not None:
+        acc = acc + bias.to(acc.dtype)
+    if scale is not None:
+        acc = acc * scale.to(acc.dtype)
+    if shift is not None:
+        acc = acc + shift.to(acc.dtype)
+    if residual is not None:
+        acc = residual.to(acc.dtype) + res_scale * acc
+    if relu:
+        acc = torch.relu(acc)
+    return acc
+
+
+def region_conv2d_forward_torch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    idx: torch.Tensor,
+    out: torch.Tensor,
+    geometry: ConvGeometry,
+    *,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    res_scale: float = 1.0,
+    relu: bool = False,
+) -> None:
+    """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched."""
+    c_in, c_out = x.shape[-1], weight.shape[-1]
+    x_rows = x.reshape(-1, c_in)
+    out_rows = out.view(-1, c_out)
+    residual_rows = residual.reshape(-1, c_out) if residual is not None else None
+    low_precision = x.dtype in (torch.float16, torch.bfloat16)
+    w_mat = weight.reshape(-1, c_out)
+    if low_precision:  # accumulate in fp32, as the Triton kernel does
+        w_mat = w_mat.float()
+    for start in range(0, idx.numel(), CHUNK_ROWS):
+        chunk = idx[start : start + CHUNK_ROWS]
+        cols, _, _ = _gather_columns(x_rows, chunk, geometry)
+        acc = (cols.float() if low_precision else cols) @ w_mat
+        acc = apply_epilogue(
+            acc, bias=bias, scale=scale, shift=shift, res_scale=res_scale, relu=relu,
+            residual=None if residual_rows is None else residual_rows.index_select(0, chunk),
+        )
+        out_rows.index_copy_(0, chunk, acc.to(out.dtype))
+
+
+def region_conv2d_backward_torch(
+    grad_rows: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    idx: torch.Tensor,
+    geometry: ConvGeometry,
+    *,
+    need_input: bool = True,
+    need_weight: bool = True,
+):
+    """Gradients of the raw region conv from ``grad_rows`` (P, C_out) at the active rows.
+
+    Returns (grad_x (N, H, W, C_in) fp32 or None, grad_weight (KH, KW, C_in, C_out) fp32 or None).
+    """
+    n_img, height, width, c_in = x.shape
+    c_out = weight.shape[-1]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x_rows = x.reshape(-1, c_in)
+    w_mat = weight.reshape(-1, c_out).to(acc_dtype)
+    grad_w = torch.zeros_like(w_mat) if need_weight else None
+    # One extra row swallows the contributions of taps that fall into the zero padding.
+    spill_row = n_img * height * width
+    grad_x = x.new_zeros((spill_row + 1, c_in), dtype=acc_dtype) if need_input else None
+    for start in range(0, idx.numel(), CHUNK_ROWS):
+        chunk = idx[start : start + CHUNK_ROWS]
+        g = grad_rows[start : start + CHUNK_ROWS].to(acc_dtype)
+        if need_weight:
+            cols, rows, valid = _gather_columns(x_rows, chunk, geometry)
+            grad_w.addmm_(cols.to(acc_dtype).t(), g)
+        elif not geometry.is_pointwise:
+            rows, valid = geometry.tap_rows(chunk)
+        if need_input:
+            grad_cols = g @ w_mat.t()
+            if geometry.is_pointwise:
+                grad_x.index_add_(0, chunk, grad_cols)
+            else:
+                target = rows.masked_fill(~valid, spill_row).reshape(-1)
+                grad_x.index_add_(0, target, grad_cols.view(-1, c_in))
+    if grad_x is not None:
+        grad_x = grad_x[:spill_row].view(n_img, height, width, c_in)
+    if grad_w is not None:
+        grad_w = grad_w.view(weight.shape)
+    return grad_x, grad_w

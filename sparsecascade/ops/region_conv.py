@@ -1,0 +1,303 @@
+"""``region_conv2d``: a stride-1 convolution computed only at the active output pixels.
+
+    region_conv2d(x, w, b, m)                     == where(m, conv2d(x, w, b), 0)
+    region_conv2d(x, w, b, m, residual=r, ...)    == where(m, act(r + s * conv), r)
+
+This file holds the argument checks, the layout conversion (NCHW API, NHWC kernels), the
+backend dispatch and the autograd formula. The op is registered with ``torch.library`` so
+that ``torch.compile`` keeps it as one opaque node (no graph break), forward and backward.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels import ConvGeometry, region_conv2d_backward_torch, region_conv2d_forward_torch
+from ..kernels.region_conv import apply_epilogue
+from ._backend import resolve_backend, triton_region_conv
+
+# Above this active fraction the CPU path ("auto" on a CPU) runs the dense convolution and
+# masks it: gathering every receptive field costs more than the arithmetic it saves
+# (measured by `python -m sparsecascade.bench kernels`: the gather path is ~1.5x dense at f = 1).
+DENSE_FALLBACK_FRACTION = 0.8
+
+
+def _pair(value, argument: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{argument}: expected an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def _check_vector(t, argument: str, length: int, ref: torch.Tensor):
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or t.shape != (length,):
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{argument}: expected a tensor of shape ({length},), got {got}")
+    if t.device != ref.device:
+        raise ValueError(f"{argument}: expected device {ref.device} (the input's), got {t.device}")
+
+
+def check_region_conv_args(input, weight, bias, mask, padding, dilation, stride, scale, shift, residual):
+    """Validate everything before any kernel runs; return the conv geometry."""
+    if not isinstance(input, torch.Tensor) or input.dim() != 4 or not input.is_floating_point():
+        raise ValueError(f"input: expected a float tensor (N, C_in, H, W), got {getattr(input, 'shape', input)!r}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"weight: expected a tensor (C_out, C_in, KH, KW), got {getattr(weight, 'shape', weight)!r}")
+    if weight.numel() == 0:
+        raise ValueError(f"weight: expected a non-empty (C_out, C_in, KH, KW) tensor, got shape {tuple(weight.shape)}")
+    if weight.shape[1] != input.shape[1]:
+        raise ValueError(
+            f"weight: expected C_in = {input.shape[1]} (the input's channels) in dim 1, got shape {tuple(weight.shape)}"
+            " (grouped convolution is not supported)"
+        )
+    if weight.dtype != input.dtype:
+        raise ValueError(f"weight: expected dtype {input.dtype} (the input's), got {weight.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"weight: expected device {input.device} (the input's), got {weight.device}")
+    if _pair(stride, "stride") != (1, 1):
+        raise ValueError(f"stride: region convolution supports stride 1 only, got {stride!r}")
+    pad_h, pad_w = _pair(padding, "padding")
+    dil_h, dil_w = _pair(dilation, "dilation")
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"padding: expected values >= 0, got {padding!r}")
+    if dil_h < 1 or dil_w < 1:
+        raise ValueError(f"dilation: expected values >= 1, got {dilation!r}")
+    n, _, height, width = input.shape
+    geometry = ConvGeometry(height, width, weight.shape[2], weight.shape[3], pad_h, pad_w, dil_h, dil_w)
+    if geometry.out_height < 1 or geometry.out_width < 1:
+        raise ValueError(
+            f"weight: a {weight.shape[2]}x{weight.shape[3]} kernel (dilation {dilation}, padding {padding}) "
+            f"does not fit the {height}x{width} input"
+        )
+    expected_mask = (n, geometry.out_height, geometry.out_width)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask: expected a torch.bool tensor of shape {expected_mask}, got {got}")
+    if tuple(mask.shape) != expected_mask:
+        raise ValueError(f"mask: expected shape (N, H_out, W_out) = {expected_mask}, got {tuple(mask.shape)}")
+    if mask.device != input.device:
+        raise ValueError(f"mask: expected device {input.device} (the input's), got {mask.device}")
+    c_out = weight.shape[0]
+    _check_vector(bias, "bias", c_out, input)
+    _check_vector(scale, "scale", c_out, input)
+    _check_vector(shift, "shift", c_out, input)
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None and t.requires_grad:
+            raise ValueError(f"{name}: expected a constant (a folded frozen BatchNorm), got a tensor that requires grad")
+    if residual is not None:
+        expected = (n, c_out, geometry.out_height, geometry.out_width)
+        if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != expected:
+            raise ValueError(f"residual: expected shape {expected}, got {getattr(residual, 'shape', residual)!r}")
+        if residual.device != input.device or residual.dtype != input.dtype:
+            raise ValueError(f"residual: expected {input.dtype} on {input.device} (the input's), got {residual.dtype} on {residual.device}")
+    return geometry
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> contiguous (N, H, W, C); free for a channels_last tensor."""
+    return t.permute(0, 2, 3, 1).contiguous()
+
+
+def _geometry_of(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> ConvGeometry:
+    return ConvGeometry(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], *padding, *dilation)
+
+
+def _use_dense(backend: str, active: int, total: int) -> bool:
+    return backend == "dense" or (backend == "torch-auto" and active > DENSE_FALLBACK_FRACTION * total)
+
+
+def _kernel_backend(backend: str, device: torch.device) -> str:
+    """"auto" on a CPU becomes "torch-auto": the torch twin with the dense fallback at high density."""
+    resolved = resolve_backend(backend, device)
+    return "torch-auto" if backend == "auto" and resolved == "torch" else resolved
+
+
+@torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
+def _region_conv2d_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    shift: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    res_scale: float,
+    relu: bool,
+    backend: str,
+) -> torch.Tensor:
+    geometry = _geometry_of(x, weight, padding, dilation)
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    epilogue = dict(bias=bias, scale=scale, shift=shift, res_scale=res_scale, relu=relu)
+    if _use_dense(backend, idx.numel(), mask.numel()):
+        y = F.conv2d(x, weight, padding=tuple(padding), dilation=tuple(dilation))
+        rows = _nhwc(y).view(-1, weight.shape[0])
+        res_rows = None if residual is None else _nhwc(residual).view(-1, weight.shape[0])
+        acc = rows.double() if x.dtype == torch.float64 else rows.float()
+        y_rows = apply_epilogue(acc, residual=res_rows, **epilogue).to(x.dtype)
+        y = y_rows.view(y.shape[0], y.shape[2], y.shape[3], -1).permute(0, 3, 1, 2)
+        fill = torch.zeros((), dtype=x.dtype) if residual is None else residual
+        return torch.where(mask[:, None], y, fill).contiguous(memory_format=torch.channels_last)
+    x_nhwc = _nhwc(x)
+    w_khwc = weight.permute(2, 3, 1, 0).contiguous()
+    out_shape = (x.shape[0], geometry.out_height, geometry.out_width, weight.shape[0])
+    if residual is None:
+        out = x.new_zeros(out_shape)
+    else:
+        out = torch.empty(out_shape, dtype=x.dtype, device=x.device).copy_(residual.permute(0, 2, 3, 1))
+    res_nhwc = None if residual is None else _nhwc(residual)
+    forward = triton_region_conv()[0] if backend == "triton" else region_conv2d_forward_torch
+    if idx.numel():
+        forward(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
+    return out.permute(0, 3, 1, 2)
+
+
+@_region_conv2d_op.register_fake
+def _(x, weight, bias, mask, scale, shift, residual, padding, dilation, res_scale, relu, backend):
+    geometry = _geometry_of(x, weight, padding, dilation)
+    shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("sparsecascade::region_conv2d_backward", mutates_args=())
+def _region_conv2d_backward_op(
+    grad_out: torch.Tensor,
+    out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    res_scale: float,
+    relu: bool,
+    has_bias: bool,
+    has_residual: bool,
+    needs_input_grad: bool,
+    needs_weight_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias, grad_residual); an unneeded one is an empty tensor."""
+    c_out = weight.shape[0]
+    geometry = _geometry_of(x, weight, padding, dilation)
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    g_nhwc = _nhwc(grad_out)
+    g_rows = g_nhwc.view(-1, c_out).index_select(0, idx).to(acc)
+    if relu:
+        g_rows = g_rows * (out.permute(0, 2, 3, 1).reshape(-1, c_out).index_select(0, idx) > 0)
+    empty = x.new_empty(0)
+    grad_residual = empty
+    if has_residual:  # identity outside the mask, d(act(r + s*y))/dr inside
+        grad_residual = g_nhwc.clone()
+        grad_residual.view(-1, c_out).index_copy_(0, idx, g_rows.to(x.dtype))
+        grad_residual = grad_residual.permute(0, 3, 1, 2)
+    g_conv = g_rows * res_scale
+    if scale is not None:
+        g_conv = g_conv * scale.to(acc)
+    grad_bias = g_conv.sum(0).to(weight.dtype) if has_bias else empty
+    grad_x = grad_w = None
+    if needs_input_grad or needs_weight_grad:
+        if _use_dense(backend, idx.numel(), mask.numel()):
+            g_dense = torch.zeros_like(g_nhwc, dtype=acc).view(-1, c_out).index_copy_(0, idx, g_conv)
+            g_dense = g_dense.view(g_nhwc.shape).permute(0, 3, 1, 2).to(x.dtype)
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                g_dense, x, weight, None, [1, 1], list(padding), list(dilation), False, [0, 0], 1,
+                [needs_input_grad, needs_weight_grad, False],
+            )
+        else:
+            backward = triton_region_conv()[1] if backend == "triton" else region_conv2d_backward_torch
+            gx, gw = backward(
+                g_conv.contiguous(), _nhwc(x), weight.permute(2, 3, 1, 0).contiguous(), idx, geometry,
+                need_input=needs_input_grad, need_weight=needs_weight_grad,
+            )
+            grad_x = None if gx is None else gx.to(x.dtype).permute(0, 3, 1, 2)
+            grad_w = None if gw is None else gw.to(weight.dtype).permute(3, 2, 0, 1).contiguous()
+    grad_x = empty if grad_x is None else grad_x
+    grad_w = empty if grad_w is None else grad_w
+    return grad_x, grad_w, grad_bias, grad_residual
+
+
+@_region_conv2d_backward_op.register_fake
+def _(grad_out, out, x, weight, mask, scale, padding, dilation, res_scale, relu, has_bias, has_residual,
+      needs_input_grad, needs_weight_grad, backend):
+    empty = x.new_empty(0)
+    return (
+        torch.empty_like(x) if needs_input_grad else empty,
+        torch.empty_like(weight) if needs_weight_grad else empty,
+        weight.new_empty(weight.shape[0]) if has_bias else empty,
+        torch.empty_like(grad_out) if has_residual else empty,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, mask, scale, shift, residual, padding, dilation, res_scale, relu, backend = inputs
+    ctx.save_for_backward(x, weight, mask, scale, output if relu else None)
+    ctx.options = (padding, dilation, res_scale, relu, bias is not None, residual is not None, backend)
+
+
+def _backward(ctx, grad_out):
+    x, weight, mask, scale, out = ctx.saved_tensors
+    padding, dilation, res_scale, relu, has_bias, has_residual, backend = ctx.options
+    needs = ctx.needs_input_grad
+    grad_x, grad_w, grad_b, grad_r = _region_conv2d_backward_op(
+        grad_out, out if out is not None else grad_out, x, weight, mask, scale, padding, dilation,
+        res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend,
+    )
+    return (
+        grad_x if needs[0] else None,
+        grad_w if needs[1] else None,
+        grad_b if has_bias and needs[2] else None,
+        None, None, None,
+        grad_r if has_residual and needs[6] else None,
+        None, None, None, None, None,
+    )
+
+
+_region_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def region_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    padding=0,
+    dilation=1,
+    backend: str = "auto",
+    *,
+    stride=1,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    res_scale: float = 1.0,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Convolution computed only where ``mask`` is True; zeros (or ``residual``) elsewhere.
+
+    Equals ``torch.where(mask[:, None], act(residual + res_scale * ((conv2d(input, weight, bias) * scale
+    + shift)), residual)`` with absent terms dropped (no residual: zeros outside the mask, and
+    ``conv2d(...) * mask[:, None]`` for finite inputs). Stride 1 only; ``padding`` and ``dilation``
+    as in ``F.conv2d`` (int or pair). ``mask`` is a bool ``(N, H_out, W_out)`` tensor.
+
+    ``scale``/``shift`` (per output channel) fold a frozen BatchNorm and receive no gradient.
+    ``backend``: "auto" (Triton on CUDA; on a CPU the torch path, which runs the dense conv when more
+    than ``DENSE_FALLBACK_FRACTION`` of the pixels are active), "torch" (always gather-GEMM-scatter)
+    or "triton". The result is channels_last; its cost, forward and backward, is proportional to the
+    number of active pixels.
+    """
+    geometry = check_region_conv_args(input, weight, bias, mask, padding, dilation, stride, scale, shift, residual)
+    kernel_backend = _kernel_backend(backend, input.device)
+    return _region_conv2d_op(
+        input, weight, bias, mask, scale, shift, residual,
+        [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
+        float(res_scale), bool(relu), kernel_backend,
+    )

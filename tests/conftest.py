@@ -1,0 +1,29 @@
+"""Test configuration: Triton's interpreter and the hypothesis profiles.
+
+TRITON_INTERPRET must be set before anything decorates a Triton kernel, so it is set here,
+before the tests import sparsecascade: the Triton kernels then run on CPU tensors.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# "ci" (the default) keeps the suite within CI's budget on 2 cores; "thorough" for a long run:
+#   HYPOTHESIS_PROFILE=thorough python -m pytest tests
+settings.register_profile(
+    "ci", deadline=None, max_examples=25, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=400)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)

@@ -194,8 +194,9 @@ def _region_conv2d_backward_op(
     g_rows = g_nhwc.view(-1, c_out).index_select(0, idx).to(acc)
     if relu:
         g_rows = g_rows * (out.permute(0, 2, 3, 1).reshape(-1, c_out).index_select(0, idx) > 0)
-    empty = x.new_empty(0)
-    grad_residual = empty
+    # Each unneeded result is its own empty tensor: custom ops may not return aliases.
+    empty = lambda: x.new_empty(0)  # noqa: E731
+    grad_residual = empty()
     if has_residual:  # identity outside the mask, d(act(r + s*y))/dr inside
         grad_residual = g_nhwc.clone()
         grad_residual.view(-1, c_out).index_copy_(0, idx, g_rows.to(x.dtype))
@@ -203,7 +204,7 @@ def _region_conv2d_backward_op(
     g_conv = g_rows * res_scale
     if scale is not None:
         g_conv = g_conv * scale.to(acc)
-    grad_bias = g_conv.sum(0).to(weight.dtype) if has_bias else empty
+    grad_bias = g_conv.sum(0).to(weight.dtype) if has_bias else empty()
     grad_x = grad_w = None
     if needs_input_grad or needs_weight_grad:
         if _use_dense(backend, idx.numel(), mask.numel()):
@@ -221,20 +222,19 @@ def _region_conv2d_backward_op(
             )
             grad_x = None if gx is None else gx.to(x.dtype).permute(0, 3, 1, 2)
             grad_w = None if gw is None else gw.to(weight.dtype).permute(3, 2, 0, 1).contiguous()
-    grad_x = empty if grad_x is None else grad_x
-    grad_w = empty if grad_w is None else grad_w
+    grad_x = empty() if grad_x is None else grad_x
+    grad_w = empty() if grad_w is None else grad_w
     return grad_x, grad_w, grad_bias, grad_residual
 
 
 @_region_conv2d_backward_op.register_fake
 def _(grad_out, out, x, weight, mask, scale, padding, dilation, res_scale, relu, has_bias, has_residual,
       needs_input_grad, needs_weight_grad, backend):
-    empty = x.new_empty(0)
     return (
-        torch.empty_like(x) if needs_input_grad else empty,
-        torch.empty_like(weight) if needs_weight_grad else empty,
-        weight.new_empty(weight.shape[0]) if has_bias else empty,
-        torch.empty_like(grad_out) if has_residual else empty,
+        torch.empty_like(x) if needs_input_grad else x.new_empty(0),
+        torch.empty_like(weight) if needs_weight_grad else x.new_empty(0),
+        weight.new_empty(weight.shape[0]) if has_bias else x.new_empty(0),
+        torch.empty_like(grad_out) if has_residual else x.new_empty(0),
     )
 
 

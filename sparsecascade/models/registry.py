@@ -1,0 +1,193 @@
+"""Backbone registry (timm style) and :class:`StagedBackbone`, the container every builder returns.
+
+A *staged backbone* is a dense network cut into exactly three stages for the Deep Layer
+Cascade. Stage 1 takes the normalised image ``(N, 3, H, W)``; every stage returns a map at
+output stride 8, all three of the same spatial size::
+
+    H' = ceil(H / 8),  W' = ceil(W / 8)
+
+(each stride-2 reduction pads so that it maps ``n`` to ``ceil(n / 2)``, and nested ceilings
+compose). Every stage is an ``nn.Sequential`` whose children keep the names of the ImageNet
+checkpoint (``conv1``, ``layer3``, ``features``, ``mixed_5b`` ...), so a checkpoint key is
+the backbone key with the ``stages.<k>.`` prefix stripped (see :mod:`.weights`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "StagedBackbone",
+    "register_model",
+    "create_backbone",
+    "list_backbones",
+    "is_backbone",
+    "get_default_cfg",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inception-ResNet-v2 (TF port in timm) expects inputs scaled to [-1, 1].
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+NUM_STAGES = 3
+
+
+class StagedBackbone(nn.Module):
+    """A dense backbone split into 3 stages, all at output stride 8.
+
+    Attributes:
+        stages: ``nn.ModuleList`` of 3 stage modules (``nn.Sequential``); stage 1 maps the
+            image, stage k>1 maps the output of stage k-1.
+        out_channels: channels of each stage's output.
+        output_stride: 8 (every stage).
+        mean, std: input normalisation the pretrained weights expect (RGB, in [0, 1] units).
+        new_layers: checkpoint-style key prefixes (stage prefix stripped) of layers that do not
+            exist in the ImageNet checkpoint (e.g. DeepLab-LargeFOV's ``fc6.``/``fc7.``); they
+            keep their initialisation when ImageNet weights are loaded.
+        default_cfg: the registry's per-variant settings (name, source checkpoints, ...).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        out_channels: Sequence[int],
+        *,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        output_stride: int = 8,
+        new_layers: Sequence[str] = (),
+        name: str = "",
+        default_cfg: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if len(stages) != NUM_STAGES or len(out_channels) != NUM_STAGES:
+            raise ValueError(f"a StagedBackbone has exactly {NUM_STAGES} stages, "
+                             f"got {len(stages)} stages and {len(out_channels)} channel counts")
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = [int(c) for c in out_channels]
+        self.output_stride = int(output_stride)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.new_layers = tuple(new_layers)
+        self.name = name
+        self.default_cfg = dict(default_cfg or {})
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm-style description of the stage outputs."""
+        return [dict(num_chs=c, reduction=self.output_stride, module=f"stages.{i}")
+                for i, c in enumerate(self.out_channels)]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of every stage's output for an ``height x width`` input."""
+        s = self.output_stride
+        return math.ceil(height / s), math.ceil(width / s)
+
+    def forward_stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return self.stages[k](x)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, out_channels={self.out_channels}, "
+                f"output_stride={self.output_stride}")
+
+
+# --------------------------------------------------------------------------- registry
+
+_model_entrypoints: dict[str, Callable[..., StagedBackbone]] = {}
+_model_to_module: dict[str, str] = {}
+_default_cfgs: dict[str, dict[str, Any]] = {}
+
+
+def register_model(fn: Callable[..., StagedBackbone]) -> Callable[..., StagedBackbone]:
+    """Decorator: register a builder ``fn(pretrained=False, **kwargs) -> StagedBackbone``
+    under ``fn.__name__``. The builder's module may hold ``default_cfgs[name]``."""
+    name = fn.__name__
+    if name in _model_entrypoints and _model_entrypoints[name] is not fn:
+        raise ValueError(f"backbone {name!r} is already registered")
+    _model_entrypoints[name] = fn
+    module = fn.__module__
+    _model_to_module[name] = module.split(".")[-1]
+    import sys
+    cfgs = getattr(sys.modules.get(module), "default_cfgs", None) or {}
+    if name in cfgs:
+        _default_cfgs[name] = cfgs[name]
+    return fn
+
+
+def _ensure_builtin_registered() -> None:
+    # Importing the family modules runs their @register_model decorators.
+    from . import irnet, resnet, vgg  # noqa: F401
+
+
+def list_backbones(filter: str | Sequence[str] = "") -> list[str]:
+    """Sorted names of the registered backbones, optionally filtered by fnmatch pattern(s)."""
+    _ensure_builtin_registered()
+    names = sorted(_model_entrypoints)
+    if filter:
+        pats = [filter] if isinstance(filter, str) else list(filter)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+    return names
+
+
+def is_backbone(name: str) -> bool:
+    _ensure_builtin_registered()
+    return name in _model_entrypoints
+
+
+def get_default_cfg(name: str) -> dict[str, Any]:
+    _ensure_builtin_registered()
+    if name not in _model_entrypoints:
+        raise KeyError(_unknown(name))
+    return dict(_default_cfgs.get(name, {}))
+
+
+def _unknown(name: str) -> str:
+    return f"unknown backbone {name!r}; available: {', '.join(sorted(_model_entrypoints))}"
+
+
+def create_backbone(name: str, pretrained: Any = False, **kwargs: Any) -> StagedBackbone:
+    """Build a registered backbone.
+
+    Args:
+        name: a name from :func:`list_backbones` (``resnet18``, ``resnet50``, ``resnet101``,
+            ``vgg16``, ``irnet``).
+        pretrained: ``False`` (random init), a state dict or a path to a ``.safetensors`` /
+            torch checkpoint in torchvision/timm or sparsecascade naming (loaded strictly by
+            :func:`~sparsecascade.models.weights.load_backbone_weights`), or ``True`` to
+            download the variant's ImageNet weights from the Hugging Face Hub
+            (``default_cfg['hf_hub_id']``; ``hub_kwargs={...}`` is passed to
+            ``hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``).
+        **kwargs: builder options (e.g. ``layers=(2, 2, 2, 2)`` for ResNets, ``blocks=(10, 20, 9)``
+            for IRNet, ``norm_layer``).
+    """
+    _ensure_builtin_registered()
+    if name not in _model_entrypoints:
+        raise ValueError(_unknown(name))
+    hub_kwargs = kwargs.pop("hub_kwargs", None) or {}
+    model = _model_entrypoints[name](**kwargs)
+    if pretrained is not False and pretrained is not None:
+        from .weights import download_imagenet_weights, load_backbone_weights
+        source = download_imagenet_weights(name, **hub_kwargs) if pretrained is True else pretrained
+        load_backbone_weights(model, source, strict=True)
+    return model

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ConvGeometry, region_conv2d_backward_torch, region_conv2d_forward_torch
-from ..kernels.region_conv import apply_epilogue
 from ._backend import resolve_backend, triton_region_conv
 
 # Above this active fraction the CPU path ("auto" on a CPU) runs the dense convolution and
@@ -119,6 +118,23 @@ def _kernel_backend(backend: str, device: torch.device) -> str:
     return "torch-auto" if backend == "auto" and resolved == "torch" else resolved
 
 
+def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu):
+    """The dense convolution with the epilogue applied in place, then the mask: for dense active sets."""
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias,
+                 padding=tuple(padding), dilation=tuple(dilation))
+    if scale is not None:
+        y.mul_(scale.to(y.dtype)[:, None, None])
+    if shift is not None:
+        y.add_(shift.to(y.dtype)[:, None, None])
+    if residual is not None:
+        y = torch.add(residual, y, alpha=res_scale)
+    if relu:
+        y.relu_()
+    if residual is None:
+        return y.masked_fill_(~mask[:, None], 0).contiguous(memory_format=torch.channels_last)
+    return torch.where(mask[:, None], y, residual).contiguous(memory_format=torch.channels_last)
+
+
 @torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
 def _region_conv2d_op(
     x: torch.Tensor,
@@ -138,14 +154,7 @@ def _region_conv2d_op(
     idx = mask.reshape(-1).nonzero().squeeze(1)
     epilogue = dict(bias=bias, scale=scale, shift=shift, res_scale=res_scale, relu=relu)
     if _use_dense(backend, idx.numel(), mask.numel()):
-        y = F.conv2d(x, weight, padding=tuple(padding), dilation=tuple(dilation))
-        rows = _nhwc(y).view(-1, weight.shape[0])
-        res_rows = None if residual is None else _nhwc(residual).view(-1, weight.shape[0])
-        acc = rows.double() if x.dtype == torch.float64 else rows.float()
-        y_rows = apply_epilogue(acc, residual=res_rows, **epilogue).to(x.dtype)
-        y = y_rows.view(y.shape[0], y.shape[2], y.shape[3], -1).permute(0, 3, 1, 2)
-        fill = torch.zeros((), dtype=x.dtype) if residual is None else residual
-        return torch.where(mask[:, None], y, fill).contiguous(memory_format=torch.channels_last)
+        return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)
     w_khwc = weight.permute(2, 3, 1, 0).contiguous()
     out_shape = (x.shape[0], geometry.out_height, geometry.out_width, weight.shape[0])

@@ -1,0 +1,117 @@
+"""Region convolution against the best dense convolution, swept over the active fraction.
+
+For each conv shape of the LC backbones and each active fraction f, times in one run:
+``dense`` (F.conv2d on channels_last input, the best dense baseline), ``region`` (what
+``region_conv2d`` runs for the device: "auto") and, on a CPU, ``region_gather`` (the
+gather-GEMM-scatter path at every fraction, backend="torch"). Ratios are region / dense;
+``mac_ratio`` = f is the arithmetic floor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import region_conv2d
+from .timing import coherent_mask, measure_ms
+
+# (name, C_in, C_out, KH, KW, padding): convolutions of the LC backbones at output stride 8.
+SHAPES = [
+    ("3x3 256->256", 256, 256, 3, 3, (1, 1)),
+    ("1x1 1088->192", 1088, 192, 1, 1, (0, 0)),
+    ("1x7 128->160", 128, 160, 1, 7, (0, 3)),
+    ("3x3 320->384", 320, 384, 3, 3, (1, 1)),
+]
+FRACTIONS = [1.0, 0.75, 0.5, 0.25, 0.1]
+
+
+def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, dtype=torch.float32,
+                  device="cpu", backward=False, reps=10):
+    device = torch.device(device)
+    rows = []
+    for name, c_in, c_out, kh, kw, pad in shapes:
+        for n in batches:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(n, c_in, size, size, generator=gen).to(device, dtype).contiguous(memory_format=torch.channels_last)
+            w = (torch.randn(c_out, c_in, kh, kw, generator=gen) / (c_in * kh * kw) ** 0.5).to(device, dtype)
+            w = w.contiguous(memory_format=torch.channels_last)
+            b = torch.zeros(c_out, device=device, dtype=dtype)
+            if backward:
+                x.requires_grad_(True)
+                w.requires_grad_(True)
+
+            def run(fn):
+                if not backward:
+                    with torch.no_grad():
+                        return fn()
+                out = fn()
+                out.backward(torch.ones_like(out))
+                return out
+
+            dense_ms = measure_ms(lambda: run(lambda: F.conv2d(x, w, b, padding=pad)), reps=reps, device=device)
+            providers = {"region": "auto"} if device.type == "cuda" else {"region": "auto", "region_gather": "torch"}
+            for f in fractions:
+                mask = coherent_mask(n, size, size, f, device=device)
+                row = dict(shape=name, batch=n, size=size, dtype=str(dtype).replace("torch.", ""), fraction=f,
+                           mac_ratio=round(mask.float().mean().item(), 4), dense_ms=round(dense_ms, 3),
+                           pass_="forward+backward" if backward else "forward")
+                for provider, backend in providers.items():
+                    ms = measure_ms(lambda: run(lambda: region_conv2d(x, w, b, mask, pad, backend=backend)),
+                                    reps=reps, device=device)
+                    row[f"{provider}_ms"] = round(ms, 3)
+                    row[f"{provider}_ratio"] = round(ms / dense_ms, 3)
+                rows.append(row)
+                print(_format_row(row), flush=True)
+    return rows
+
+
+def _format_row(row):
+    parts = [f"{row['shape']:>14} b{row['batch']} f={row['fraction']:<4} dense {row['dense_ms']:8.2f} ms"]
+    for provider in ("region", "region_gather"):
+        if f"{provider}_ms" in row:
+            parts.append(f"{provider} {row[f'{provider}_ms']:8.2f} ms ({row[f'{provider}_ratio']:.2f}x)")
+    parts.append(f"MACs {row['mac_ratio']:.2f}x")
+    return " | ".join(parts)
+
+
+def environment():
+    return dict(python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
+                threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sparsecascade.bench kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="default: float32 on a CPU, float16 on CUDA")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--size", type=int, default=64, help="feature map height and width")
+    parser.add_argument("--fractions", type=float, nargs="+", default=FRACTIONS)
+    parser.add_argument("--shapes", nargs="+", default=None, help="subset of: " + ", ".join(s[0] for s in SHAPES))
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--out", default="bench_out/kernels.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+    shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
+    if not shapes:
+        parser.error(f"--shapes: none of {args.shapes} is one of {[s[0] for s in SHAPES]}")
+    rows = bench_kernels(shapes, args.fractions, args.batch, args.size, dtype, args.device, args.backward, args.reps)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(dict(command=" ".join(["python -m sparsecascade.bench kernels"] + (argv if argv is not None else sys.argv[2:])),
+                       environment=environment(), results=rows), fh, indent=1)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

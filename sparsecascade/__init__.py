@@ -4,7 +4,17 @@ Region convolutions and the fused confidence threshold (``region_conv2d``, ``con
 run on Triton kernels on a GPU and on a gather-GEMM-scatter torch path on a CPU.
 """
 from .ops import ThresholdResult, confidence_threshold, region_conv2d
+from .region import RegionConv2d, active_region, convert_to_region
+from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
+from .factory import create_model, list_models, load_backbone_weights
+from . import losses
 
 __version__ = "0.1.0"
 
-__all__ = ["region_conv2d", "confidence_threshold", "ThresholdResult", "__version__"]
+__all__ = [
+    "region_conv2d", "confidence_threshold", "ThresholdResult",
+    "RegionConv2d", "active_region", "convert_to_region",
+    "LayerCascade", "CascadeOutput", "CascadeTrainOutput", "default_head",
+    "create_model", "list_models", "load_backbone_weights", "losses",
+    "__version__",
+]

@@ -12,8 +12,10 @@ stripped. Changes, none of which adds or reshapes a parameter:
   pools run at stride 1, padded to keep the size;
 * dilation follows the removed strides (DeepLab; the reduction block itself keeps the previous
   rate, as torchvision does for the first block of a dilated layer): ``mixed_6a`` rate 1,
-  ``repeat_1`` (Block17, 1x7/7x1 convs) rate 2, ``mixed_7a`` (its 3x3 convs and max pool)
-  rate 2, ``repeat_2`` / ``block8`` (Block8, 1x3/3x1 convs) rate 4 (``conv2d_7b`` is 1x1).
+  ``repeat_1`` (Block17, 1x7/7x1 convs) rate 2, ``mixed_7a`` (its 3x3 convs and its max pool,
+  :class:`DilatedMaxPool2d`) rate 2, ``repeat_2`` / ``block8`` (Block8, 1x3/3x1 convs) rate 4
+  (``conv2d_7b`` is 1x1). So stage 2's output subsampled by 2 and stage 3's by 4 equal those of
+  the same network with strided reductions (padded: n -> ceil(n/2)) exactly.
 
 Stages::
 
@@ -31,13 +33,14 @@ from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .frozen_bn import FrozenBatchNorm2d
 from .registry import INCEPTION_MEAN, INCEPTION_STD, StagedBackbone, register_model
 
 __all__ = [
-    "BasicConv2d", "Mixed_5b", "Block35", "Mixed_6a", "Block17", "Mixed_7a", "Block8",
+    "DilatedMaxPool2d", "BasicConv2d", "Mixed_5b", "Block35", "Mixed_6a", "Block17", "Mixed_7a", "Block8",
     "build_irnet_stages", "irnet",
 ]
 
@@ -78,6 +81,32 @@ def _same(kernel_size, dilation) -> tuple[int, int]:
     """Padding that keeps the size of a stride-1 conv with odd kernel."""
     k, d = _pair(kernel_size), _pair(dilation)
     return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+
+
+class DilatedMaxPool2d(nn.MaxPool2d):
+    """A ``kernel_size`` max pool at ``stride`` and ``dilation`` padded (with -inf) to keep the size
+    at stride 1: ``padding = dilation * (kernel_size - 1) // 2``. torch's max pool refuses a
+    padding over half the kernel, so the padding is applied explicitly."""
+
+    def __init__(self, kernel_size: int = 3, stride: int = 1, dilation: int = 1):
+        pad = dilation * (kernel_size - 1) // 2
+        super().__init__(kernel_size, stride=stride, padding=pad, dilation=dilation)
+
+    def forward(self, x):
+        p = self.padding
+        if p:
+            x = F.pad(x, (p, p, p, p), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation, self.ceil_mode)
+
+
+def _reduction_pool(stride: int, dilation: int) -> nn.MaxPool2d:
+    """The max-pool branch of a reduction block: timm's valid 3x3/2 pool at stride 2; at stride 1
+    a size-keeping 3x3 pool at ``dilation`` (a plain ``nn.MaxPool2d`` when undilated)."""
+    if stride != 1:
+        return nn.MaxPool2d(3, stride=stride)
+    if dilation == 1:
+        return nn.MaxPool2d(3, stride=1, padding=1)
+    return DilatedMaxPool2d(3, stride=1, dilation=dilation)
 
 
 class Mixed_5b(nn.Module):
@@ -164,7 +193,7 @@ class Mixed_6a(nn.Module):
             bc(320, 256, kernel_size=1),
             bc(256, 256, kernel_size=3, padding=p, dilation=dilation),
             bc(256, 384, kernel_size=3, stride=stride, padding=p_red, dilation=dilation))
-        self.branch2 = nn.MaxPool2d(3, stride=stride, padding=p_red, dilation=dilation)
+        self.branch2 = _reduction_pool(stride, dilation)
 
     def branches(self):
         return (self.branch0, self.branch1, self.branch2)
@@ -213,7 +242,7 @@ class Mixed_7a(nn.Module):
             bc(1088, 256, kernel_size=1),
             bc(256, 288, kernel_size=3, padding=p, dilation=dilation),
             bc(288, 320, kernel_size=3, stride=stride, padding=p_red, dilation=dilation))
-        self.branch3 = nn.MaxPool2d(3, stride=stride, padding=p_red, dilation=dilation)
+        self.branch3 = _reduction_pool(stride, dilation)
 
     def branches(self):
         return (self.branch0, self.branch1, self.branch2, self.branch3)

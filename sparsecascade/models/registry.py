@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -124,11 +126,11 @@ def register_model(fn: Callable[..., StagedBackbone]) -> Callable[..., StagedBac
     under ``fn.__name__``. The builder's module may hold ``default_cfgs[name]``."""
     name = fn.__name__
     if name in _model_entrypoints and _model_entrypoints[name] is not fn:
-        raise ValueError(f"backbone {name!r} is already registered")
+        warnings.warn(f"backbone {name!r} is registered again ({fn.__module__}); the new builder wins",
+                      stacklevel=2)
     _model_entrypoints[name] = fn
     module = fn.__module__
     _model_to_module[name] = module.split(".")[-1]
-    import sys
     cfgs = getattr(sys.modules.get(module), "default_cfgs", None) or {}
     if name in cfgs:
         _default_cfgs[name] = cfgs[name]

@@ -53,21 +53,26 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; both 3x3 convs dilated.
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``.
 
-    (torchvision refuses dilation in BasicBlock; here both convs take it, as mmseg/smp do.)
+    torchvision refuses dilation in BasicBlock. Here ``conv1`` (which carries the stride) takes
+    ``dilation`` and ``conv2`` takes ``dilation2`` (default: ``dilation``). In the first block of
+    a dilated layer ``conv1`` keeps the previous rate and ``conv2`` already uses the new one, so
+    the dilated network subsampled at its stride equals the strided network exactly (the same
+    property torchvision's Bottleneck has with the stride on ``conv2``).
     """
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, dilation: int = 1,
-                 norm_layer: NormLayer = FrozenBatchNorm2d):
+                 norm_layer: NormLayer = FrozenBatchNorm2d, dilation2: int | None = None):
         super().__init__()
+        dilation2 = dilation if dilation2 is None else dilation2
         self.conv1 = conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes, 1, dilation)
+        self.conv2 = conv3x3(planes, planes, 1, dilation2)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
@@ -133,7 +138,8 @@ class _LayerBuilder:
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 norm_layer(planes * block.expansion),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, norm_layer)]
+        extra = {"dilation2": self.dilation} if block is BasicBlock else {}
+        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, norm_layer, **extra)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
             layers.append(block(self.inplanes, planes, dilation=self.dilation, norm_layer=norm_layer))

@@ -60,10 +60,9 @@ def read_state_dict(source: Any) -> dict[str, torch.Tensor]:
         sd = source
     if not isinstance(sd, Mapping):
         raise TypeError(f"expected a state dict (mapping of tensors), got {type(sd).__name__}")
-    for wrap in ("state_dict", "model", "model_state", "module"):
-        inner = sd.get(wrap) if wrap in sd else None
-        if isinstance(inner, Mapping) and not any(isinstance(v, torch.Tensor) for k, v in sd.items() if k == wrap):
-            sd = inner
+    for wrap in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd.get(wrap), Mapping):  # training checkpoint {"state_dict": {...}, ...}
+            sd = sd[wrap]
             break
     out = {}
     for k, v in sd.items():

@@ -157,16 +157,19 @@ def _region_conv2d_op(
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)
     w_khwc = weight.permute(2, 3, 1, 0).contiguous()
-    out_shape = (x.shape[0], geometry.out_height, geometry.out_width, weight.shape[0])
+    # Allocated as a channels_last (N, C, H, W) tensor and written through its NHWC view: the op
+    # returns the base tensor, never a view (autograd forbids in-place ops on custom-op views).
+    out_shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     if residual is None:
-        out = x.new_zeros(out_shape)
+        result = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
     else:
-        out = torch.empty(out_shape, dtype=x.dtype, device=x.device).copy_(residual.permute(0, 2, 3, 1))
+        result = residual.clone(memory_format=torch.channels_last)
+    out = result.permute(0, 2, 3, 1)
     res_nhwc = None if residual is None else _nhwc(residual)
     forward = triton_region_conv()[0] if backend == "triton" else region_conv2d_forward_torch
     if idx.numel():
         forward(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
-    return out.permute(0, 3, 1, 2)
+    return result
 
 
 @_region_conv2d_op.register_fake

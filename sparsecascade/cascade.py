@@ -1,0 +1,203 @@
+"""``LayerCascade``: any staged backbone as a Deep Layer Cascade that skips the work on stopped pixels.
+
+Inference (DESIGN.md section 1): stage 1 and its head run on every pixel; a pixel whose softmax
+confidence reaches ``rho`` stops; each later stage and head run as region convolutions on the
+pixels still active; a stage with no active pixel in the whole batch is not run. The prediction
+of a pixel is the logits of the stage where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import confidence_threshold
+from . import region_blocks  # noqa: F401  (registers the fused converters of the built-in blocks)
+from .models.frozen_bn import freeze_batchnorm
+from .region import EXECUTION_BACKENDS, active_region, convert_to_region, resample_mask
+
+
+@dataclass
+class CascadeOutput:
+    """What ``LayerCascade`` returns in eval mode."""
+
+    logits: torch.Tensor  # (N, C, H, W): the deciding stage's logits, bilinearly upsampled to the input
+    labels: torch.Tensor  # (N, H, W) int64
+    stage_map: torch.Tensor  # (N, h, w) int64: the 1-based stage that decided each pixel
+    stop_fractions: list[float]  # per stage, the share of all pixels decided there (sums to 1)
+    macs: int  # multiply-accumulates executed
+    dense_macs: int  # what the dense network (every stage and head on every pixel) executes
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs / self.dense_macs if self.dense_macs else 1.0
+
+
+@dataclass
+class CascadeTrainOutput:
+    """What ``LayerCascade`` returns in train mode: the inputs of ``sparsecascade.losses``."""
+
+    stage_logits: list[torch.Tensor]  # per stage (N, C, h_k, w_k); zero outside the stage's region
+    regions: list[torch.Tensor]  # per stage bool (N, h_k, w_k): the pixels forwarded to that stage
+
+
+def default_head(in_channels: int, num_classes: int, hidden: int = 256) -> nn.Sequential:
+    """The paper's stage head: 3x3 conv + ReLU, then a 1x1 conv to the class logits."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, num_classes, 1)
+    )
+
+
+class LayerCascade(nn.Module):
+    """Deep Layer Cascade over ``stages`` (features -> features; stage 1 takes the image).
+
+    ``heads[k]`` maps stage k's features to class logits; when ``heads`` is None, the default head
+    (3x3 conv + ReLU + 1x1 conv) is built for each stage from ``stage_channels`` and ``num_classes``.
+    ``rho`` (settable) is the confidence at which a pixel stops; ``rho >= 1`` stops nothing before the
+    last stage (the deeply supervised network). Stages and heads are converted in place by
+    ``convert_to_region``: called directly they still compute densely.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        heads: Optional[Sequence[nn.Module]] = None,
+        rho: float = 0.985,
+        *,
+        num_classes: Optional[int] = None,
+        stage_channels: Optional[Sequence[int]] = None,
+        head_channels: int = 256,
+    ):
+        super().__init__()
+        if len(stages) < 1:
+            raise ValueError("stages: expected at least one stage")
+        if heads is None:
+            if num_classes is None or stage_channels is None or len(stage_channels) != len(stages):
+                raise ValueError(
+                    "heads: None needs num_classes and stage_channels (one per stage) to build the default heads"
+                )
+            heads = [default_head(c, num_classes, head_channels) for c in stage_channels]
+        if len(heads) != len(stages):
+            raise ValueError(f"heads: expected one head per stage ({len(stages)}), got {len(heads)}")
+        # BatchNorm is frozen (the paper's choice: batches of large maps are small), so that it is a
+        # constant affine map that the region convolutions fold into their epilogue.
+        self.stages = nn.ModuleList(convert_to_region(freeze_batchnorm(s)) for s in stages)
+        self.heads = nn.ModuleList(convert_to_region(freeze_batchnorm(h)) for h in heads)
+        self.rho = rho
+        self.backend = "auto"
+        self._dense_macs_cache: dict = {}
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def rho(self) -> float:
+        return self._rho
+
+    @rho.setter
+    def rho(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"rho: expected a number in [0, 1], got {value!r}")
+        self._rho = float(value)
+
+    def set_backend(self, backend: str) -> "LayerCascade":
+        """"auto" | "torch" | "triton" for the region kernels; "dense" computes every layer densely and
+        applies the masks (the reference the sparse paths are tested against)."""
+        if backend not in EXECUTION_BACKENDS:
+            raise ValueError(f"backend: expected one of {EXECUTION_BACKENDS}, got {backend!r}")
+        self.backend = backend
+        return self
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    # -- the cascade -----------------------------------------------------------------------------
+    def _threshold(self, logits: torch.Tensor, active: Optional[torch.Tensor], last: bool):
+        """(stop, next_active) of one stage; every active pixel stops at the last stage, none before it at rho >= 1."""
+        n, _, h, w = logits.shape
+        all_on = torch.ones(n, h, w, dtype=torch.bool, device=logits.device)
+        active = all_on if active is None else active
+        if last:
+            return active, torch.zeros_like(active)
+        if self._rho >= 1.0:
+            return torch.zeros_like(active), active
+        backend = "torch" if self.backend == "dense" else self.backend
+        r = confidence_threshold(logits, self._rho, active, backend=backend)
+        return r.stop, r.next_active
+
+    def _run(self, x: torch.Tensor):
+        """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages, and MACs."""
+        features = x
+        active = None  # None: every pixel (stage 1)
+        macs = 0
+        results = []
+        for k, (stage, head) in enumerate(zip(self.stages, self.heads)):
+            last = k == self.num_stages - 1
+            if active is not None and not bool(active.any()):
+                results.append(None)  # no pixel left anywhere in the batch: the stage is not run
+                continue
+            with active_region(active, self.backend) as region:
+                features = stage(features)
+                if active is not None and tuple(active.shape[-2:]) != tuple(features.shape[-2:]):
+                    active = resample_mask(active, tuple(features.shape[-2:]))
+                    region.mask = active
+                logits = head(features)
+            macs += region.macs
+            region_mask = active if active is not None else torch.ones(
+                logits.shape[0], *logits.shape[-2:], dtype=torch.bool, device=logits.device)
+            with torch.no_grad():
+                stop, active = self._threshold(logits.detach(), region_mask, last)
+            results.append((logits, region_mask, stop))
+        return results, macs
+
+    def forward(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"x: expected an image batch (N, 3, H, W), got {getattr(x, 'shape', x)!r}")
+        results, macs = self._run(x)
+        if self.training:
+            ran = [r for r in results if r is not None]
+            return CascadeTrainOutput([r[0] for r in ran], [r[1] for r in ran])
+        return self._assemble(x, results, macs)
+
+    def _assemble(self, x, results, macs) -> CascadeOutput:
+        """The deciding stage's logits per pixel, at stage 1's resolution, then upsampled to the image."""
+        first_logits = results[0][0]
+        n, c, h, w = first_logits.shape
+        logits = torch.zeros_like(first_logits)
+        stage_map = torch.zeros(n, h, w, dtype=torch.int64, device=x.device)
+        for k, r in enumerate(results):
+            if r is None:
+                continue
+            stage_logits, _, stop = r
+            if tuple(stop.shape[-2:]) != (h, w):  # a stage at another resolution
+                stop = resample_mask(stop, (h, w))
+                stage_logits = F.interpolate(stage_logits, size=(h, w), mode="bilinear", align_corners=False)
+            decided = stop & (stage_map == 0)
+            stage_map[decided] = k + 1
+            logits = torch.where(decided[:, None], stage_logits.to(logits.dtype), logits)
+        counts = torch.bincount(stage_map.reshape(-1), minlength=self.num_stages + 1)[1:]
+        fractions = (counts.double() / stage_map.numel()).tolist()
+        up = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return CascadeOutput(up, up.argmax(1), stage_map, fractions, int(macs), self.dense_macs(x))
+
+    def dense_macs(self, x: torch.Tensor) -> int:
+        """MACs of every stage and head on every pixel for an input shaped like ``x``.
+
+        Counted by running the network on fake tensors (shapes only, no arithmetic), once per shape.
+        """
+        key = tuple(x.shape)
+        if key not in self._dense_macs_cache:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            total = 0
+            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+                features = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                for stage, head in zip(self.stages, self.heads):
+                    with active_region(None, "dense") as region:
+                        features = stage(features)
+                        head(features)
+                    total += region.macs
+            self._dense_macs_cache[key] = total
+        return self._dense_macs_cache[key]

@@ -1,0 +1,331 @@
+"""LayerCascade and convert_to_region on a custom backbone, against an independent masked reference.
+
+The reference below re-implements DESIGN.md sections 1 and 2 for the test backbone with explicit
+F.conv2d calls and torch.where masks: it shares no code with sparsecascade.region.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsecascade as sc
+from sparsecascade.kernels import triton_interpreting
+
+TRITON_RUNS = triton_interpreting() or torch.cuda.is_available()
+
+
+def where(m, y, outside=None):
+    return torch.where(m[:, None], y, torch.zeros((), dtype=y.dtype) if outside is None else outside)
+
+
+def resample(m, size):
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.adaptive_max_pool2d(m[:, None].float(), size)[:, 0] > 0.5
+
+
+class Residual(nn.Module):
+    """relu(x + conv2(relu(bn(conv1(x))))): a residual block with an unfolded BatchNorm."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c).eval()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=2, dilation=2, bias=False)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.bn(self.conv1(x)))))
+
+    def reference(self, x, m):
+        y = where(m, F.conv2d(x, self.conv1.weight, self.conv1.bias, padding=1))
+        y = torch.relu(where(m, F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight,
+                                             self.bn.bias, False, 0.0, self.bn.eps)))
+        return torch.relu(x + where(m, F.conv2d(y, self.conv2.weight, padding=2, dilation=2)))
+
+
+class Branches(nn.Module):
+    """Concatenation of a 1x1 branch, a 1x3/3x1 branch (Sequential: fused ReLU) and a pooling branch."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.b1 = nn.Conv2d(c, 4, 1)
+        self.b2 = nn.Sequential(nn.Conv2d(c, 5, 1), nn.ReLU(), nn.Conv2d(5, 5, (1, 3), padding=(0, 1)), nn.ReLU(),
+                                nn.Conv2d(5, 6, (3, 1), padding=(1, 0)))
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.b3 = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        return torch.cat([torch.relu(self.b1(x)), self.b2(x), self.b3(self.pool(x))], 1)
+
+    def reference(self, x, m):
+        b1 = torch.relu(where(m, F.conv2d(x, self.b1.weight, self.b1.bias)))
+        s = self.b2
+        y = torch.relu(where(m, F.conv2d(x, s[0].weight, s[0].bias)))
+        y = torch.relu(where(m, F.conv2d(y, s[2].weight, s[2].bias, padding=(0, 1))))
+        b2 = where(m, F.conv2d(y, s[4].weight, s[4].bias, padding=(1, 0)))
+        pooled = where(m, F.avg_pool2d(x, 3, 1, 1))
+        return torch.cat([b1, b2, where(m, F.conv2d(pooled, self.b3.weight, self.b3.bias))], 1)
+
+
+class Downsample(nn.Module):
+    """A stride-2 conv: computed densely and masked at its output resolution."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+    def reference(self, x, m):
+        y = F.conv2d(x, self.conv.weight, self.conv.bias, stride=2, padding=1)
+        return torch.relu(where(resample(m, y.shape[-2:]), y))
+
+
+class Stage(nn.Sequential):
+    def reference(self, x, m):
+        for layer in self:
+            x = layer.reference(x, resample(m, x.shape[-2:]))
+        return x
+
+
+class Stem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+    def reference(self, x, m):
+        return self.forward(x)
+
+
+def make_backbone(downsample_stage3=False):
+    stages = [Stem(), Stage(Residual(8), Branches(8)), Stage(Residual(13), Branches(13))]
+    channels = [8, 13, 13]  # Branches: 4 + 6 + 3 channels
+    if downsample_stage3:
+        stages[2] = Stage(Downsample(13, 12), Residual(12), Branches(12))
+    return stages, channels
+
+
+def head_reference(head, x, m):
+    y = torch.relu(where(m, F.conv2d(x, head[0].weight, head[0].bias, padding=1)))
+    return where(m, F.conv2d(y, head[2].weight, head[2].bias))
+
+
+def reference_cascade(model, x, rho):
+    """DESIGN.md section 1 written out: returns (logits at stage-1 resolution, stage map)."""
+    feats, active = x, None
+    final, stage_map = None, None
+    for k, (stage, head) in enumerate(zip(model.stages, model.heads)):
+        if active is not None and not active.any():
+            break
+        m = active
+        if m is None:
+            feats = stage(feats)
+            m = torch.ones(x.shape[0], *feats.shape[-2:], dtype=torch.bool)
+        else:
+            feats = stage.reference(feats, m)
+            m = resample(m, feats.shape[-2:])
+        logits = head_reference(head, feats, m)
+        conf = torch.softmax(logits, 1).amax(1)
+        last = k == len(model.stages) - 1
+        early_stop = m & (conf >= rho) if rho < 1 else torch.zeros_like(m)
+        stop = m if last else early_stop
+        if final is None:
+            final = torch.zeros_like(logits)
+            stage_map = torch.zeros(logits.shape[0], *logits.shape[-2:], dtype=torch.long)
+        if tuple(logits.shape[-2:]) != tuple(final.shape[-2:]):
+            stop = F.interpolate(stop[:, None].float(), size=final.shape[-2:], mode="nearest")[:, 0] > 0.5
+            logits = F.interpolate(logits, size=final.shape[-2:], mode="bilinear", align_corners=False)
+        decided = stop & (stage_map == 0)
+        stage_map[decided] = k + 1
+        final = torch.where(decided[:, None], logits, final)
+        active = m & ~early_stop
+    return final, stage_map
+
+
+def make_model(seed=0, rho=0.7, downsample_stage3=False, head_gain=6.0):
+    torch.manual_seed(seed)
+    stages, channels = make_backbone(downsample_stage3)
+    for s in stages:  # non-trivial BatchNorm statistics
+        for mod in s.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.data.uniform_(0.5, 1.5)
+                mod.bias.data.uniform_(-0.2, 0.2)
+    model = sc.LayerCascade(stages, num_classes=4, stage_channels=channels, head_channels=8, rho=rho)
+    for head in model.heads:  # scale the logits so that some pixels are confident and stop
+        head[2].weight.data *= head_gain
+    return model.eval()
+
+
+def test_convert_to_region_keeps_dense_behaviour_and_names():
+    torch.manual_seed(0)
+    stages, _ = make_backbone()
+    block = stages[1]
+    x = torch.randn(2, 8, 9, 11)
+    names = [n for n, _ in block.state_dict().items()]
+    with torch.no_grad():
+        before = block(x)
+        sc.convert_to_region(block)
+        after = block(x)
+    torch.testing.assert_close(after, before)
+    assert [n for n, _ in block.state_dict().items()] == names
+    assert isinstance(block[0].conv1, sc.RegionConv2d)
+    assert isinstance(block[1].b2[0], sc.RegionConv2d) and block[1].b2[0].fused_relu
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+@pytest.mark.parametrize("backend", ["dense", "torch", "auto"] + (["triton"] if TRITON_RUNS else []))
+def test_stage_matches_masked_reference(backend, downsample):
+    torch.manual_seed(1)
+    stages, _ = make_backbone(downsample)
+    stage = stages[2]
+    x = torch.relu(torch.randn(2, 13, 9, 13))
+    m = torch.rand(2, 9, 13) < 0.4
+    want = stage.reference(x, m)
+    sc.convert_to_region(stage)
+    with torch.no_grad(), sc.active_region(m, backend):
+        got = stage(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rho_one_equals_dense_stages_and_last_head():
+    model = make_model(rho=1.0)
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        out = model(x)
+        f = x
+        for stage in model.stages:  # called directly: plain dense modules
+            f = stage(f)
+        want = F.interpolate(model.heads[-1](f), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.logits, want, rtol=1e-4, atol=1e-5)
+    assert out.stop_fractions == [0.0, 0.0, 1.0]
+    assert (out.stage_map == 3).all()
+    assert out.macs == out.dense_macs
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+@settings(max_examples=6)
+@given(seed=st.integers(0, 1000), rho=st.sampled_from([0.5, 0.7, 0.9]))
+def test_backends_equal_reference(seed, rho, downsample):
+    model = make_model(seed=seed, rho=rho, downsample_stage3=downsample)
+    x = torch.randn(2, 3, 29, 38, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want_logits, want_map = reference_cascade(model, x, rho)
+        outs = {}
+        for backend in ["dense", "torch", "auto"]:
+            outs[backend] = model.set_backend(backend)(x)
+    for backend, out in outs.items():
+        assert torch.equal(out.stage_map, want_map), backend
+        want = F.interpolate(want_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(out.logits, want, rtol=1e-4, atol=1e-5, msg=backend)
+        assert sum(out.stop_fractions) == pytest.approx(1.0)
+    assert outs["torch"].macs == outs["auto"].macs <= outs["dense"].macs
+
+
+@pytest.mark.skipif(not TRITON_RUNS, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_triton_backend_equals_dense():
+    model = make_model(seed=3, rho=0.7)
+    x = torch.randn(1, 3, 21, 26, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        dense = model.set_backend("dense")(x)
+        tri = model.set_backend("triton")(x)
+    assert torch.equal(tri.stage_map, dense.stage_map)
+    torch.testing.assert_close(tri.logits, dense.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_equals_one_image_at_a_time():
+    model = make_model(seed=4, rho=0.7).set_backend("torch")
+    x = torch.randn(3, 3, 31, 27, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        batch = model(x)
+        single = [model(x[i : i + 1]) for i in range(3)]
+    for i, s in enumerate(single):
+        torch.testing.assert_close(batch.logits[i : i + 1], s.logits, rtol=1e-4, atol=1e-5)
+        assert torch.equal(batch.stage_map[i : i + 1], s.stage_map)
+    assert len({tuple(s.stop_fractions) for s in single}) > 1, "the images should stop differently"
+    assert batch.macs == sum(s.macs for s in single)
+
+
+def test_odd_size_97x131():
+    model = make_model(seed=5, rho=0.8).set_backend("torch")
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        out = model(x)
+        dense = model.set_backend("dense")(x)
+    assert out.logits.shape == (1, 4, 97, 131) and out.labels.shape == (1, 97, 131)
+    assert out.stage_map.shape == (1, 25, 33)
+    torch.testing.assert_close(out.logits, dense.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_empty_active_set_skips_later_stages():
+    model = make_model(rho=0.0)  # every pixel is confident enough at stage 1
+    x = torch.randn(2, 3, 24, 24)
+    model.dense_macs(x)  # counted once per shape by running the stages on fake tensors: not the real run
+    calls = []
+    for stage in model.stages[1:]:
+        stage.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        out = model(x)
+    assert calls == [] and out.stop_fractions == [1.0, 0.0, 0.0]
+    stage1_macs = 3 * 8 * 9 * 36 + (8 * 8 * 9 + 8 * 4) * 36  # stem conv + head 1, on 6x6 maps
+    assert out.macs == stage1_macs * 2
+
+
+def test_macs_hand_count():
+    """A two-stage 1x1 network: every MAC counted by hand."""
+    stages = [nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)]
+    heads = [nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)]
+    model = sc.LayerCascade(stages, heads, rho=0.9).eval()
+    with torch.no_grad():
+        heads[0].weight.zero_()
+        heads[0].bias.copy_(torch.tensor([0.0, 0.0]))  # confidence 0.5 everywhere ...
+        heads[0].weight[0, 0] = 100.0  # ... except where channel 0 is far from 0
+        x = torch.zeros(1, 3, 4, 5)
+        stages[0].weight.zero_()
+        stages[0].bias.zero_()
+        stages[0].weight[0, 0] = 1.0
+        x[0, 0, :2] = 1.0  # 10 pixels of the 20 are confident
+        out = model(x)
+    per_pixel = 3 * 4 + 4 * 2
+    assert out.macs == 20 * per_pixel + 10 * (4 * 4 + 4 * 2)
+    assert out.dense_macs == 20 * (3 * 4 + 4 * 2 + 4 * 4 + 4 * 2)
+    assert out.stop_fractions == [0.5, 0.5]
+
+
+def test_training_output_regions_and_gradients():
+    model = make_model(seed=4, rho=0.7).train().set_backend("torch")
+    x = torch.randn(3, 3, 31, 27, generator=torch.Generator().manual_seed(4))
+    out = model(x)
+    assert isinstance(out, sc.CascadeTrainOutput)
+    assert out.regions[0].all() and not out.regions[1].all()
+    assert all(not r.requires_grad for r in out.regions)
+    loss = out.stage_logits[1].sum()
+    loss.backward()
+    head2 = model.heads[1][0].weight.grad
+    assert head2 is not None and head2.abs().sum() > 0
+    # the stage-2 logits are zero outside its region, so no gradient reaches them from there
+    assert (out.stage_logits[1].detach()[~out.regions[1][:, None].expand_as(out.stage_logits[1])] == 0).all()
+
+
+def test_errors():
+    stages, channels = make_backbone()
+    with pytest.raises(ValueError, match="heads"):
+        sc.LayerCascade(stages, None)
+    with pytest.raises(ValueError, match="one head per stage"):
+        sc.LayerCascade(stages, [nn.Identity()])
+    model = make_model()
+    with pytest.raises(ValueError, match="rho"):
+        model.rho = 1.5
+    with pytest.raises(ValueError, match="backend"):
+        model.set_backend("cuda")
+    with pytest.raises(ValueError, match="x: expected"):
+        model(torch.randn(3, 8, 8))

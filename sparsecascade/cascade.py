@@ -89,6 +89,7 @@ class LayerCascade(nn.Module):
         self.rho = rho
         self.backend = "auto"
         self._dense_macs_cache: dict = {}
+        self._forced_stops: Optional[list[float]] = None
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -109,18 +110,28 @@ class LayerCascade(nn.Module):
         self.backend = backend
         return self
 
+    def force_stop_fractions(self, fractions: Optional[Sequence[float]]) -> "LayerCascade":
+        """Benchmark-only: stop exactly ``fractions[k]`` of all pixels at stage k (k < K), in spatially
+        coherent blobs, whatever the confidences; None restores the confidence threshold."""
+        if fractions is not None:
+            fractions = [float(f) for f in fractions]
+            if len(fractions) != self.num_stages - 1 or min(fractions) < 0 or sum(fractions) > 1:
+                raise ValueError(f"fractions: expected {self.num_stages - 1} shares >= 0 summing to <= 1, got {fractions}")
+        self._forced_stops = fractions
+        return self
+
     @property
     def num_stages(self) -> int:
         return len(self.stages)
 
     # -- the cascade -----------------------------------------------------------------------------
-    def _threshold(self, logits: torch.Tensor, active: Optional[torch.Tensor], last: bool):
-        """(stop, next_active) of one stage; every active pixel stops at the last stage, none before it at rho >= 1."""
-        n, _, h, w = logits.shape
-        all_on = torch.ones(n, h, w, dtype=torch.bool, device=logits.device)
-        active = all_on if active is None else active
-        if last:
+    def _threshold(self, logits: torch.Tensor, active: torch.Tensor, k: int):
+        """(stop, next_active) of stage k; every active pixel stops at the last stage, none before it at rho >= 1."""
+        if k == self.num_stages - 1:
             return active, torch.zeros_like(active)
+        if self._forced_stops is not None:
+            stop = _forced_stop(active, self._forced_stops[k])
+            return stop, active & ~stop
         if self._rho >= 1.0:
             return torch.zeros_like(active), active
         backend = "torch" if self.backend == "dense" else self.backend
@@ -148,7 +159,9 @@ class LayerCascade(nn.Module):
             region_mask = active if active is not None else torch.ones(
                 logits.shape[0], *logits.shape[-2:], dtype=torch.bool, device=logits.device)
             with torch.no_grad():
-                stop, active = self._threshold(logits.detach(), region_mask, last)
+                stop, active = self._threshold(logits.detach(), region_mask, k)
+            if not last and bool(active.all()):
+                active = None  # nothing stopped: the next stage runs densely, without masks
             results.append((logits, region_mask, stop))
         return results, macs
 
@@ -201,3 +214,22 @@ class LayerCascade(nn.Module):
                     total += region.macs
             self._dense_macs_cache[key] = total
         return self._dense_macs_cache[key]
+
+
+def _forced_stop(active: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Stop ``fraction`` of all pixels of each image among its active ones, in coherent blobs.
+
+    The blobs come from a smooth random field fixed by the map size (seeded), so repeated runs
+    time the same masks; pixels with the lowest field values stop first.
+    """
+    n, h, w = active.shape
+    gen = torch.Generator().manual_seed(h * 10007 + w)
+    field = torch.rand(1, 1, max(2, h // 8), max(2, w // 8), generator=gen)
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).reshape(1, -1)
+    field = (field + 1e-6 * torch.rand(1, h * w, generator=gen)).to(active.device).expand(n, -1)
+    count = min(round(fraction * h * w), h * w)
+    ranked = torch.where(active.reshape(n, -1), field, torch.full_like(field, float("inf")))
+    stop = torch.zeros(n, h * w, dtype=torch.bool, device=active.device)
+    if count:
+        stop.scatter_(1, ranked.topk(count, dim=1, largest=False).indices, True)
+    return (stop & active.reshape(n, -1)).view(n, h, w)

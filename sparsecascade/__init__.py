@@ -8,6 +8,8 @@ from .region import RegionConv2d, active_region, convert_to_region
 from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
 from .factory import create_model, list_models, load_backbone_weights
 from . import losses
+from .hub import from_pretrained, push_to_hub, save_pretrained
+from .segment import Segmentation
 
 __version__ = "0.1.0"
 
@@ -16,5 +18,6 @@ __all__ = [
     "RegionConv2d", "active_region", "convert_to_region",
     "LayerCascade", "CascadeOutput", "CascadeTrainOutput", "default_head",
     "create_model", "list_models", "load_backbone_weights", "losses",
+    "from_pretrained", "save_pretrained", "push_to_hub", "Segmentation",
     "__version__",
 ]

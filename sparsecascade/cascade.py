@@ -120,6 +120,25 @@ class LayerCascade(nn.Module):
         self._forced_stops = fractions
         return self
 
+    # -- users: saving, publishing, segmenting (see sparsecascade.hub and sparsecascade.segment) --
+    def save_pretrained(self, folder, **kwargs):
+        """Write config.json, model.safetensors and a model card to ``folder`` (``sparsecascade.hub``)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload what ``save_pretrained`` writes to the Hugging Face Hub repository ``repo_id``."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def segment(self, image, rho: Optional[float] = None):
+        """Segment one image (path, PIL image or (H, W, 3) uint8 array): ``sparsecascade.segment``."""
+        from .segment import segment
+
+        return segment(self, image, rho)
+
     @property
     def num_stages(self) -> int:
         return len(self.stages)

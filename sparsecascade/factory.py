@@ -16,18 +16,25 @@ from .models import load_backbone_weights as _load_into_backbone
 PREFIX = "lc_"
 
 
-def list_models(filter: str = "") -> list[str]:
-    """Names accepted by ``create_model`` (``lc_irnet``, ``lc_resnet18``, ...), optionally glob-filtered."""
+def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
+    """Names accepted by ``create_model`` (``lc_irnet``, ``lc_resnet18``, ...), optionally glob-filtered;
+    with ``pretrained=True``, the zoo names accepted by ``from_pretrained`` (``lc-irnet-voc``, ...)."""
+    if pretrained:
+        from .zoo import list_pretrained
+
+        return list_pretrained(filter)
     names = sorted(PREFIX + b for b in list_backbones())
     return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
 
 
 def create_model(name: str, num_classes: int, rho: float = 0.985, *, head_channels: int = 256,
-                 backbone_weights: Any = None, **backbone_kwargs) -> LayerCascade:
+                 backbone_weights: Any = None, class_names=None, palette=None, **backbone_kwargs) -> LayerCascade:
     """An LC model on a built-in backbone, output stride 8, BatchNorm frozen.
 
     ``backbone_weights``: an ImageNet state dict or file to load into the backbone (optional);
-    ``backbone_kwargs`` go to the backbone builder (e.g. ``blocks=(2, 2, 2)`` for a small IRNet).
+    ``backbone_kwargs`` go to the backbone builder (e.g. ``blocks=(2, 2, 2)`` for a small IRNet);
+    ``class_names`` and ``palette`` (one RGB triple per class) describe the classes for users.
+    ``model.config`` records all of it: ``save_pretrained`` writes it to ``config.json``.
     """
     if name not in list_models():
         raise ValueError(f"name: unknown model {name!r}; expected one of {list_models()}")
@@ -43,6 +50,14 @@ def create_model(name: str, num_classes: int, rho: float = 0.985, *, head_channe
     # The backbone shares its stage modules with the model (converted in place): loading weights
     # into it loads them into the model. A tuple keeps it out of the model's submodules.
     model.backbone_ref = (backbone,)
+    model.config = dict(
+        architecture=name, num_classes=num_classes, rho=rho, head_channels=head_channels,
+        backbone_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs.items()},
+        mean=list(model.mean), std=list(model.std),
+        class_names=list(class_names) if class_names is not None else None,
+        palette=[list(map(int, c)) for c in palette] if palette is not None else None,
+        stages=[list(stage._modules) for stage in model.stages],
+    )
     return model
 
 

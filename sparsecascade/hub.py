@@ -1,0 +1,214 @@
+"""Save, load and publish LC models: ``config.json`` + ``model.safetensors`` + a model card.
+
+``from_pretrained`` resolves a local folder, then a zoo name (weights shipped with the package,
+else its Hub repository), then a Hub repo id; Hub files come from the Hugging Face cache or are
+downloaded, honouring ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``/``HF_HOME`` and ``local_files_only``.
+Weights load strictly: a missing, unexpected or misshapen tensor is an error, never random weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .cascade import LayerCascade
+from .factory import create_model
+from .zoo import ZOO, list_pretrained
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CONFIG_KEYS = ("architecture", "num_classes", "rho")
+SHIPPED_DIR = Path(__file__).parent / "weights"  # package data: zoo weights that work offline
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a killed write leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def model_config(model: LayerCascade) -> dict:
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
+        raise ValueError(
+            "model: save_pretrained needs a model built by sparsecascade.create_model (it records the "
+            "architecture in model.config); a custom LayerCascade can be saved with torch/safetensors directly"
+        )
+    return {**config, "rho": model.rho}
+
+
+def save_pretrained(model: LayerCascade, folder: Union[str, os.PathLike], *, dtype: Optional[torch.dtype] = None,
+                    results: Optional[dict] = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (``dtype``: e.g. torch.float16 to halve it) and a model card.
+
+    ``results``: measured numbers (e.g. ``{"mIoU": 0.61, ...}``) for the card; without them the card says
+    that nothing was measured. Re-saving the same model writes identical files.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    config = model_config(model)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    card = model_card(config, results)
+    _atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(card))
+    return folder
+
+
+def model_card(config: dict, results: Optional[dict] = None) -> str:
+    """A Hugging Face model card that states only what was measured."""
+    name = config.get("name") or config["architecture"]
+    source = config.get("name") or "<this folder or its Hub repo id>"
+    lines = [
+        "---", "library_name: sparsecascade", "pipeline_tag: image-segmentation",
+        "tags:", "- semantic-segmentation", "- deep-layer-cascade", f"- {config['architecture']}",
+        *( [f"datasets:", f"- {config['dataset']}"] if config.get("dataset") else []),
+        "---", "", f"# {name}", "",
+        f"Deep Layer Cascade (Li et al., CVPR 2017) on `{config['architecture']}`: "
+        f"{config['num_classes']} classes, default rho = {config['rho']}.", "",
+        "```python", "import sparsecascade", f"model = sparsecascade.from_pretrained({source!r})",
+        "result = model.segment(\"image.png\")", "```", "",
+    ]
+    if config.get("class_names"):
+        lines += ["Classes: " + ", ".join(config["class_names"]), ""]
+    if results:
+        lines += ["## Measured results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in results.items()]
+        if results.get("command"):
+            lines += ["", f"Measured with `{results['command']}`."]
+    else:
+        lines += ["## Results", "", "No results have been measured for these weights."]
+    return "\n".join(lines) + "\n"
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON config ({e})") from e
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{path}: config lacks {missing}; expected the keys written by save_pretrained")
+    return config
+
+
+def _load_weights(model: LayerCascade, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: damaged or not a safetensors file ({e}); delete it and download again") from e
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
+                 for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or misshapen:
+        raise ValueError(
+            f"{path}: weights do not match the model of its config.json: "
+            f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+            f"{'...' if len(unexpected) > 10 else ''}, misshapen {misshapen[:10]}"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_folder(folder: Path, rho: Optional[float] = None, device=None) -> LayerCascade:
+    """Build the model of ``folder/config.json`` and load ``folder/model.safetensors`` into it, strictly."""
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{folder}: expected {CONFIG_NAME} and {WEIGHTS_NAME} (from save_pretrained); {p.name} is missing")
+    config = _read_config(config_path)
+    model = create_model(config["architecture"], config["num_classes"], rho=config["rho"],
+                         head_channels=config.get("head_channels", 256), **config.get("backbone_kwargs", {}))
+    model.config.update({k: v for k, v in config.items() if k not in ("backbone_kwargs",)})
+    model.mean, model.std = tuple(config.get("mean", model.mean)), tuple(config.get("std", model.std))
+    _load_weights(model, weights_path)
+    if rho is not None:
+        model.rho = rho
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def _hub_folder(repo_id: str, revision: Optional[str], cache_dir, local_files_only: bool, token) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    paths = []
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            paths.append(Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                              local_files_only=local_files_only, token=token)))
+        except LocalEntryNotFoundError as e:
+            where = cache_dir or constants.HF_HUB_CACHE
+            raise FileNotFoundError(
+                f"{repo_id}: {filename} is not in the Hugging Face cache ({where}) and it cannot be downloaded "
+                f"(offline: HF_HUB_OFFLINE=1, local_files_only=True or no network). Run once with network "
+                f"access, or pass the path of a local folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
+            ) from e
+        except RepositoryNotFoundError as e:
+            raise ValueError(f"{repo_id}: no such repository on the Hub (or it is private: pass token=...)") from e
+        except EntryNotFoundError as e:
+            raise FileNotFoundError(f"{repo_id}: the repository has no {filename}; was it written by save_pretrained?") from e
+    if paths[0].parent != paths[1].parent:
+        raise RuntimeError(f"{repo_id}: config and weights resolved to different snapshots")
+    return paths[0].parent
+
+
+def from_pretrained(name_or_path: Union[str, os.PathLike], rho: Optional[float] = None, device=None,
+                    revision: Optional[str] = None, *, cache_dir=None, local_files_only: Optional[bool] = None,
+                    token: Union[str, bool, None] = None) -> LayerCascade:
+    """Load an LC model in eval mode from a local folder, a zoo name or a Hub repo id.
+
+    ``rho`` overrides the stored default; ``device`` moves the model; ``revision``, ``cache_dir``,
+    ``local_files_only`` and ``token`` go to every Hub download.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return load_folder(path, rho, device)
+    if text in ZOO:
+        entry = ZOO[text]
+        shipped = SHIPPED_DIR / text
+        if (shipped / WEIGHTS_NAME).is_file():
+            return load_folder(shipped, rho, device)
+        if not entry.trained:
+            raise RuntimeError(f"{text}: {entry.note.format(name=text)}. Trained zoo models: "
+                               f"{list_pretrained(trained_only=True) or 'none yet'}")
+        folder = _hub_folder(entry.repo_id, revision or entry.revision, cache_dir, bool(local_files_only), token)
+        return load_folder(folder, rho, device)
+    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+        folder = _hub_folder(text, revision, cache_dir, bool(local_files_only), token)
+        return load_folder(folder, rho, device)
+    raise ValueError(f"name_or_path: {text!r} is neither a folder, a zoo name nor a Hub repo id ('org/name'); "
+                     f"the zoo: {list_pretrained()}")
+
+
+def push_to_hub(model: LayerCascade, repo_id: str, *, token=None, private: bool = False,
+                commit_message: str = "Upload sparsecascade model", dtype: Optional[torch.dtype] = None,
+                results: Optional[dict] = None) -> Any:
+    """save_pretrained into a temporary folder, then create the repo (if needed) and upload the folder."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, dtype=dtype, results=results)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)

@@ -1,0 +1,182 @@
+"""Saving and loading LC models: local folders, a Hugging Face cache laid out as huggingface_hub lays it
+out, offline mode, the zoo registry, and every error a user can meet."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sparsecascade as sc
+from sparsecascade import hub
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = sc.create_model("lc_resnet18", 3, rho=0.9, head_channels=8, class_names=["a", "b", "c"],
+                            palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    return model.eval()
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_local_round_trip(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(tmp_path / "m")) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architecture"] == "lc_resnet18" and config["num_classes"] == 3 and config["rho"] == 0.9
+    assert config["class_names"] == ["a", "b", "c"] and config["stages"][2] == ["layer4"]
+    loaded = sc.from_pretrained(tmp_path / "m")
+    assert not loaded.training and loaded.rho == 0.9 and same_weights(tiny, loaded)
+    assert loaded.config["palette"][1] == [0, 255, 0] and loaded.mean == tiny.mean
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, tiny(x).logits)
+    assert sc.from_pretrained(str(tmp_path / "m"), rho=0.5).rho == 0.5
+
+
+def test_fp16_export_and_idempotent_save(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "a", dtype=torch.float16)
+    tiny.save_pretrained(tmp_path / "b", dtype=torch.float16)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    loaded = sc.from_pretrained(tmp_path / "a")
+    w = tiny.state_dict()["heads.0.0.weight"]
+    assert torch.equal(loaded.state_dict()["heads.0.0.weight"], w.half().float())
+
+
+def fake_hub_cache(cache: Path, repo_id: str, source: Path, commit="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub writes: blobs, snapshots/<commit>/<file> links, refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in source.iterdir():
+        blob = repo / "blobs" / f"sha-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return repo
+
+
+def test_hub_cache_offline(tiny, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    tiny.save_pretrained(tmp_path / "src")
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "someone/lc-tiny", tmp_path / "src")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import: patch the constant
+    loaded = sc.from_pretrained("someone/lc-tiny", cache_dir=cache)
+    assert same_weights(tiny, loaded)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # HF_HUB_CACHE / HF_HOME as the default cache
+    assert same_weights(tiny, sc.from_pretrained("someone/lc-tiny"))
+    with pytest.raises(FileNotFoundError, match="someone/other.*not in the Hugging Face cache.*offline"):
+        sc.from_pretrained("someone/other", cache_dir=cache)
+
+
+def test_local_files_only(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nobody/absent"):
+        sc.from_pretrained("nobody/absent", cache_dir=tmp_path, local_files_only=True)
+
+
+def test_zoo_registry():
+    names = sc.list_models(pretrained=True)
+    assert {"lc-irnet-voc", "lc-resnet101-voc", "lc-vgg16-voc", "lc-irnet-cityscapes",
+            "lc-resnet101-cityscapes", "lc-resnet18-camvid"} <= set(names)
+    for name in names:
+        entry = sc.zoo.ZOO[name]
+        assert entry.repo_id == f"sparsecascade/{name}"
+        assert (Path(__file__).parents[1] / "zoo" / name / "README.md").is_file(), name
+        assert entry.architecture in sc.list_models()
+
+
+def test_untrained_zoo_entry_fails_clearly():
+    with pytest.raises(RuntimeError, match="lc-irnet-voc: not trained yet"):
+        sc.from_pretrained("lc-irnet-voc")
+
+
+def test_unknown_name_lists_the_zoo():
+    with pytest.raises(ValueError, match="lc-irnet-voc"):
+        sc.from_pretrained("lc-unknown")
+
+
+def test_damaged_and_mismatched_weights(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="model.safetensors: damaged"):
+        sc.from_pretrained(tmp_path / "m")
+    other = sc.create_model("lc_resnet18", 5, head_channels=8)  # 5 classes: misshapen head
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, weights)
+    with pytest.raises(ValueError, match="misshapen.*heads.0.2.weight: expected \\(3, 8, 1, 1\\), got \\(5, 8, 1, 1\\)"):
+        sc.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        sc.from_pretrained(tmp_path / "m")
+
+
+def test_custom_cascade_cannot_be_saved_by_name(tmp_path):
+    model = sc.LayerCascade([torch.nn.Conv2d(3, 4, 1)], [torch.nn.Conv2d(4, 2, 1)])
+    with pytest.raises(ValueError, match="create_model"):
+        model.save_pretrained(tmp_path)
+
+
+def test_push_to_hub_uploads_the_saved_folder(tiny, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["create"] = (repo_id, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["files"] = sorted(os.listdir(folder_path))
+            return "url"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert tiny.push_to_hub("me/lc-tiny", token="t") == "url"
+    assert calls == {"token": "t", "create": ("me/lc-tiny", True),
+                     "files": ["README.md", "config.json", "model.safetensors"]}
+
+
+def test_segment(tiny, tmp_path):
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    for image in (rgb, Image.fromarray(rgb), tmp_path / "img.png", str(tmp_path / "img.png")):
+        result = tiny.segment(image)
+        assert result.labels.shape == (37, 53) and result.stage_map.shape == (37, 53)
+        assert sum(result.stop_fractions) == pytest.approx(1.0)
+        assert set(np.unique(result.stage_map)) <= {1, 2, 3}
+    colors = np.asarray(result.colorize())
+    assert colors.shape == (37, 53, 3)
+    assert (colors == result.palette[result.labels]).all()
+    # the labels are the argmax of the normalized image's cascade, at the image's size
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - torch.tensor(tiny.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(tiny.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert (tiny(x).labels[0].numpy() == result.labels).all()
+    assert np.asarray(result.overlay()).shape == (37, 53, 3) and np.asarray(result.stage_picture()).shape == (37, 53, 3)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        tiny.segment(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read"):
+        tiny.segment(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="uint8"):
+        tiny.segment(rgb.astype(np.float32))

@@ -57,7 +57,7 @@ def _grads(case, backend):
         out = dense_reference(case, **leaves, dtype=case.x.dtype)
     else:
         out = run(case, backend, **leaves)
-    g = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    g = torch.randn(out.shape, generator=gen).to(out.dtype)  # same values whatever the dtype
     torch.autograd.backward(out, g)
     return {k: v.grad for k, v in leaves.items()}
 

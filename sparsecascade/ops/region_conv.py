@@ -152,7 +152,9 @@ def _region_conv2d_op(
 ) -> torch.Tensor:
     geometry = _geometry_of(x, weight, padding, dilation)
     idx = mask.reshape(-1).nonzero().squeeze(1)
-    epilogue = dict(bias=bias, scale=scale, shift=shift, res_scale=res_scale, relu=relu)
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    epilogue = dict(bias=contiguous(bias), scale=contiguous(scale), shift=contiguous(shift),
+                    res_scale=res_scale, relu=relu)
     if _use_dense(backend, idx.numel(), mask.numel()):
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)

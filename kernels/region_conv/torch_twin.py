@@ -22,25 +22,40 @@ def _gather_columns(x_rows: torch.Tensor, idx: torch.Tensor, geometry: ConvGeome
     rows, valid = geometry.tap_rows(idx)
     cols = x_rows.index_select(0, rows.reshape(-1)).view(idx.numel(), geometry.taps, x_rows.shape[1])
     # Taps in the zero padding were clamped to a real row: zero them (also drops any NaN there,
-    # as the dense conv never reads it).
-    cols = cols.masked_fill(~valid.unsqueeze(-1), 0)
+    # as the dense conv never reads it). Interior chunks, the common case, skip the pass.
+    if not bool(valid.all()):
+        cols.masked_fill_(~valid.unsqueeze(-1), 0)
     return cols.view(idx.numel(), -1), rows, valid
 
 
 def apply_epilogue(acc, *, bias=None, scale=None, shift=None, residual=None, res_scale=1.0, relu=False):
     """The fused epilogue on accumulator rows (fp32, or fp64 for fp64 inputs), ``residual`` aligned
-    with them: relu?(residual + res_scale * ((acc + bias) * scale + shift))."""
+    with them: relu?(residual + res_scale * ((acc + bias) * scale + shift)). Works in place on ``acc``."""
     if bias is not None:
-        acc = acc + bias.to(acc.dtype)
+        acc += bias.to(acc.dtype)
     if scale is not None:
-        acc = acc * scale.to(acc.dtype)
+        acc *= scale.to(acc.dtype)
     if shift is not None:
-        acc = acc + shift.to(acc.dtype)
+        acc += shift.to(acc.dtype)
     if residual is not None:
-        acc = residual.to(acc.dtype) + res_scale * acc
+        if res_scale != 1.0:
+            acc *= res_scale
+        acc += residual.to(acc.dtype)
     if relu:
-        acc = torch.relu(acc)
+        acc.relu_()
     return acc
+
+
+def fold_affine(w_mat: torch.Tensor, bias, scale, shift):
+    """(w * scale, (bias * scale + shift)) for a (K, C_out) weight matrix: the per-channel affine of a
+    frozen BatchNorm moved into the GEMM, so that the epilogue is one fused addmm."""
+    if scale is not None:
+        w_mat = w_mat * scale.to(w_mat.dtype)
+        if bias is not None:
+            bias = bias.to(w_mat.dtype) * scale.to(w_mat.dtype)
+    if shift is not None:
+        bias = shift.to(w_mat.dtype) if bias is None else bias.to(w_mat.dtype) + shift.to(w_mat.dtype)
+    return w_mat, None if bias is None else bias.to(w_mat.dtype)
 
 
 def region_conv2d_forward_torch(
@@ -57,7 +72,11 @@ def region_conv2d_forward_torch(
     res_scale: float = 1.0,
     relu: bool = False,
 ) -> None:
-    """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched."""
+    """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched.
+
+    Unlike the Triton launcher, ``weight`` (KH, KW, C_in, C_out) may be any strided view: the
+    permuted view of a channels_last (C_out, C_in, KH, KW) weight is used without a copy.
+    """
     c_in, c_out = x.shape[-1], weight.shape[-1]
     x_rows = x.reshape(-1, c_in)
     out_rows = out.view(-1, c_out)
@@ -66,12 +85,14 @@ def region_conv2d_forward_torch(
     w_mat = weight.reshape(-1, c_out)
     if low_precision:  # accumulate in fp32, as the Triton kernel does
         w_mat = w_mat.float()
+    w_mat, bias = fold_affine(w_mat, bias, scale, shift)
     for start in range(0, idx.numel(), CHUNK_ROWS):
         chunk = idx[start : start + CHUNK_ROWS]
         cols, _, _ = _gather_columns(x_rows, chunk, geometry)
-        acc = (cols.float() if low_precision else cols) @ w_mat
+        cols = cols.float() if low_precision else cols
+        acc = torch.addmm(bias, cols, w_mat) if bias is not None else cols @ w_mat
         acc = apply_epilogue(
-            acc, bias=bias, scale=scale, shift=shift, res_scale=res_scale, relu=relu,
+            acc, res_scale=res_scale, relu=relu,
             residual=None if residual_rows is None else residual_rows.index_select(0, chunk),
         )
         out_rows.index_copy_(0, chunk, acc.to(out.dtype))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import region_conv2d
-from .timing import coherent_mask, measure_ms
+from .timing import coherent_mask, measure_all_ms, measure_ms
 
 # (name, C_in, C_out, KH, KW, padding): convolutions of the LC backbones at output stride 8.
 SHAPES = [
@@ -53,18 +53,24 @@ def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, d
                 out.backward(torch.ones_like(out))
                 return out
 
-            dense_ms = measure_ms(lambda: run(lambda: F.conv2d(x, w, b, padding=pad)), reps=reps, device=device)
+            dense_fn = lambda: run(lambda: F.conv2d(x, w, b, padding=pad))  # noqa: E731
             providers = {"region": "auto"} if device.type == "cuda" else {"region": "auto", "region_gather": "torch"}
             for f in fractions:
                 mask = coherent_mask(n, size, size, f, device=device)
-                row = dict(shape=name, batch=n, size=size, dtype=str(dtype).replace("torch.", ""), fraction=f,
-                           mac_ratio=round(mask.float().mean().item(), 4), dense_ms=round(dense_ms, 3),
-                           pass_="forward+backward" if backward else "forward")
+                fns = {"dense": dense_fn}
                 for provider, backend in providers.items():
-                    ms = measure_ms(lambda: run(lambda: region_conv2d(x, w, b, mask, pad, backend=backend)),
-                                    reps=reps, device=device)
-                    row[f"{provider}_ms"] = round(ms, 3)
-                    row[f"{provider}_ratio"] = round(ms / dense_ms, 3)
+                    fns[provider] = (lambda backend: lambda: run(
+                        lambda: region_conv2d(x, w, b, mask, pad, backend=backend)))(backend)
+                if device.type == "cuda":
+                    ms = {name: measure_ms(fn, device=device) for name, fn in fns.items()}
+                else:  # interleaved rounds, best of reps: robust to other processes on the CPU
+                    ms = {name: min(t) for name, t in measure_all_ms(fns, reps=reps).items()}
+                row = dict(shape=name, batch=n, size=size, dtype=str(dtype).replace("torch.", ""), fraction=f,
+                           mac_ratio=round(mask.float().mean().item(), 4), dense_ms=round(ms["dense"], 3),
+                           pass_="forward+backward" if backward else "forward")
+                for provider in providers:
+                    row[f"{provider}_ms"] = round(ms[provider], 3)
+                    row[f"{provider}_ratio"] = round(ms[provider] / ms["dense"], 3)
                 rows.append(row)
                 print(_format_row(row), flush=True)
     return rows

@@ -1,7 +1,6 @@
 """Timing and mask helpers shared by the benchmarks."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -9,19 +8,28 @@ import torch.nn.functional as F
 
 
 def measure_ms(fn, *, reps: int = 10, warmup: int = 2, device: torch.device | None = None) -> float:
-    """Median wall time of ``fn()`` in ms. On CUDA, Triton's do_bench (L2 flushed, events)."""
+    """Wall time of ``fn()`` in ms: on CUDA the median of Triton's do_bench (L2 flushed, events);
+    on a CPU the minimum over ``reps`` runs, the estimate least disturbed by other processes."""
     if device is not None and device.type == "cuda":
         from triton.testing import do_bench
 
         return float(do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0])
+    return min(measure_all_ms({"fn": fn}, reps=reps, warmup=warmup)["fn"])
+
+
+def measure_all_ms(fns: dict, *, reps: int = 10, warmup: int = 2) -> dict:
+    """CPU wall times (ms) of several functions, interleaved round by round so that a disturbance
+    (another process, frequency changes) hits all of them alike: {name: [ms per rep]}."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def coherent_mask(n: int, h: int, w: int, fraction: float, *, seed: int = 0, device="cpu") -> torch.Tensor:

@@ -119,15 +119,19 @@ def _kernel_backend(backend: str, device: torch.device) -> str:
 
 
 def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu):
-    """The dense convolution with the epilogue applied in place, then the mask: for dense active sets."""
-    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias,
-                 padding=tuple(padding), dilation=tuple(dilation))
+    """The dense convolution (frozen-BN affine folded into its weights), the epilogue in place, then
+    the mask: for dense active sets."""
     if scale is not None:
-        y.mul_(scale.to(y.dtype)[:, None, None])
+        weight = weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
+        bias = None if bias is None else bias * scale.to(bias.dtype)
     if shift is not None:
-        y.add_(shift.to(y.dtype)[:, None, None])
+        bias = shift.to(weight.dtype) if bias is None else bias + shift.to(bias.dtype)
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight,
+                 None if bias is None else bias.to(weight.dtype), padding=tuple(padding), dilation=tuple(dilation))
     if residual is not None:
-        y = torch.add(residual, y, alpha=res_scale)
+        if res_scale != 1.0:
+            y.mul_(res_scale)
+        y.add_(residual)
     if relu:
         y.relu_()
     if residual is None:
@@ -158,7 +162,8 @@ def _region_conv2d_op(
     if _use_dense(backend, idx.numel(), mask.numel()):
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)
-    w_khwc = weight.permute(2, 3, 1, 0).contiguous()
+    # (KH, KW, C_in, C_out); the torch twin takes the view as it is (free for a channels_last weight)
+    w_khwc = weight.permute(2, 3, 1, 0)
     # Allocated as a channels_last (N, C, H, W) tensor and written through its NHWC view: the op
     # returns the base tensor, never a view (autograd forbids in-place ops on custom-op views).
     out_shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
@@ -168,7 +173,9 @@ def _region_conv2d_op(
         result = residual.clone(memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)
     res_nhwc = None if residual is None else _nhwc(residual)
-    forward = triton_region_conv()[0] if backend == "triton" else region_conv2d_forward_torch
+    forward = region_conv2d_forward_torch
+    if backend == "triton":
+        forward, w_khwc = triton_region_conv()[0], w_khwc.contiguous()
     if idx.numel():
         forward(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
     return result
@@ -230,8 +237,9 @@ def _region_conv2d_backward_op(
             )
         else:
             backward = triton_region_conv()[1] if backend == "triton" else region_conv2d_backward_torch
+            w_khwc = weight.permute(2, 3, 1, 0)
             gx, gw = backward(
-                g_conv.contiguous(), _nhwc(x), weight.permute(2, 3, 1, 0).contiguous(), idx, geometry,
+                g_conv.contiguous(), _nhwc(x), w_khwc.contiguous() if backend == "triton" else w_khwc, idx, geometry,
                 need_input=needs_input_grad, need_weight=needs_weight_grad,
             )
             grad_x = None if gx is None else gx.to(x.dtype).permute(0, 3, 1, 2)

@@ -7,7 +7,8 @@ from .ops import ThresholdResult, confidence_threshold, region_conv2d
 from .region import RegionConv2d, active_region, convert_to_region
 from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
 from .factory import create_model, list_models, load_backbone_weights
-from . import losses
+from . import losses, metrics
+from .evaluate import calibrate_rho
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .segment import Segmentation
 
@@ -18,6 +19,6 @@ __all__ = [
     "RegionConv2d", "active_region", "convert_to_region",
     "LayerCascade", "CascadeOutput", "CascadeTrainOutput", "default_head",
     "create_model", "list_models", "load_backbone_weights", "losses",
-    "from_pretrained", "save_pretrained", "push_to_hub", "Segmentation",
+    "from_pretrained", "save_pretrained", "push_to_hub", "Segmentation", "metrics", "calibrate_rho",
     "__version__",
 ]

@@ -4,7 +4,8 @@ import sys
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"kernels": "sparsecascade.bench.kernels", "cascade": "sparsecascade.bench.cascade"}
+    commands = {"kernels": "sparsecascade.bench.kernels", "cascade": "sparsecascade.bench.cascade",
+                "train_step": "sparsecascade.bench.train_step"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m sparsecascade.bench {{{','.join(commands)}}} [options]  (--help for each)")
         return 2

@@ -1,0 +1,231 @@
+"""The ``sparsecascade`` command: one subcommand per job.
+
+    sparsecascade train --recipe recipes/camvid_lc_resnet18.json [--steps 200 ...] [--resume]
+    sparsecascade eval --checkpoint runs/x/last.pt [--rhos 0.8,0.9,0.985,1 | --budget 0.6]
+    sparsecascade eval --pretrained my-model-folder --dataset camvid --data-root DIR
+
+Data parallel, one machine or several (``--out`` on storage every machine sees, for ``--resume``):
+
+    torchrun --nproc-per-node 4 -m sparsecascade.cli train --recipe ...
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        --rdzv-id lc -m sparsecascade.cli train --recipe ...        # the same line on each machine
+
+A subcommand is an entry of ``COMMANDS``: name -> ``Command(help, add_arguments, run)``, where
+``add_arguments(parser)`` declares its options and ``run(args)`` does the work and returns an exit
+status. ``register_command`` adds one (``segment``, ``list``, ``bench`` ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+S = argparse.SUPPRESS  # "not given": a recipe's value, else the TrainConfig default, stays
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(name: str, help: str, add_arguments, run) -> None:
+    COMMANDS[name] = Command(help, add_arguments, run)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+# -- train ----------------------------------------------------------------------------------------
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", metavar="JSON", help="TrainConfig fields in a JSON file; options override it")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=S, metavar="NAME", help="lc_resnet18, lc_irnet, ... or package.module:function")
+    g.add_argument("--model-kwargs", dest="model_kwargs", type=_json_object, default=S, metavar="JSON")
+    g.add_argument("--backbone-weights", dest="backbone_weights", default=S, metavar="FILE",
+                   help="ImageNet checkpoint for the backbone")
+    g.add_argument("--dataset", default=S, choices=["voc", "cityscapes", "camvid"], metavar="NAME",
+                   help="voc, cityscapes or camvid")
+    g.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
+                   help="else $SPARSECASCADE_<DATASET> or $SPARSECASCADE_DATA/<dataset>")
+    g.add_argument("--split", default=S, metavar="NAME", help="default: train (VOC: train_aug when present)")
+    g.add_argument("--crop-size", dest="crop_size", type=int, nargs=2, default=S, metavar=("H", "W"))
+    g.add_argument("--scale-range", dest="scale_range", type=float, nargs=2, default=S, metavar=("MIN", "MAX"))
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=S)
+    g = p.add_argument_group("method")
+    g.add_argument("--mode", default=S, choices=["plain", "dsn", "dsn_dropout", "model_cascade", "lc"],
+                   metavar="MODE", help="lc (default), plain, dsn, dsn_dropout, model_cascade")
+    g.add_argument("--rho", type=float, default=S, metavar="R", help="cascade threshold (default 0.985)")
+    g.add_argument("--dsn-steps", dest="dsn_steps", type=int, default=S, metavar="N",
+                   help="lc: DSN initial-training steps (default steps/2)")
+    g.add_argument("--drop-ratios", dest="drop_ratios", type=_floats, default=S, metavar="R1,R2,R3",
+                   help="dsn_dropout: per-stage label drop (default 0,0.23,0.52)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=S, metavar="N")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=S, metavar="N", help="global, over all processes")
+    g.add_argument("--lr", type=float, default=S, metavar="X", help="base learning rate (poly decay)")
+    g.add_argument("--head-lr-mult", dest="head_lr_mult", type=float, default=S, metavar="X",
+                   help="heads' lr multiplier (default 10)")
+    g.add_argument("--momentum", type=float, default=S, metavar="X")
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S, metavar="X")
+    g.add_argument("--poly-power", dest="poly_power", type=float, default=S, metavar="X")
+    g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S, metavar="X", help="max gradient norm")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=S, help="no mixed precision on CUDA")
+    g.add_argument("--seed", type=int, default=S, metavar="N")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="checkpoint, log.jsonl, config.json")
+    g.add_argument("--device", default=S, metavar="DEV", help="auto (default), cpu, cuda")
+    g.add_argument("--workers", type=int, default=S, metavar="N", help="data-loading processes")
+    g.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, metavar="N")
+    g.add_argument("--log-every", dest="log_every", type=int, default=S, metavar="N")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+    g.add_argument("--resume", action="store_true", help="continue from DIR/last.pt when it exists")
+    g.add_argument("--stop-after", dest="stop_after", type=int, metavar="N",
+                   help="end this run (checkpointed) after step N")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    values = {}
+    if args.recipe:
+        values.update(TrainConfig.from_json(args.recipe).to_dict())
+    skip = {"recipe", "resume", "stop_after", "command", "func"}
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = train_config_from_args(args)
+    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    if result.rank == 0:
+        status = "finished" if result.finished else "stopped"
+        print(f"{status} at step {result.step}/{cfg.steps}; checkpoint {result.checkpoint}")
+    return 0
+
+
+# -- eval -----------------------------------------------------------------------------------------
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="FILE", help="a training checkpoint (DIR/last.pt)")
+    which.add_argument("--pretrained", metavar="NAME", help="a save_pretrained folder, zoo name or Hub id")
+    p.add_argument("--dataset", choices=["voc", "cityscapes", "camvid"], metavar="NAME",
+                   help="voc, cityscapes, camvid (default: the training data set)")
+    p.add_argument("--data-root", dest="data_root", metavar="DIR", help="default: as in training / env vars")
+    p.add_argument("--split", default="val", metavar="NAME", help="default: val")
+    p.add_argument("--rho", type=float, metavar="R", help="default: 1 for plain/dsn/dsn_dropout, else the training rho")
+    p.add_argument("--rhos", type=_floats, metavar="R1,R2,...", help="sweep: table (CSV, JSON) and plot (PNG)")
+    p.add_argument("--budget", type=float, metavar="X", help="calibrate: best mIoU with cost <= budget over --rhos")
+    p.add_argument("--budget-kind", dest="budget_kind", choices=["macs", "ms"], default="macs", metavar="KIND",
+                   help="macs: share of dense MACs; ms: ms per image")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (labels stay full size)")
+    p.add_argument("--max-images", dest="max_images", type=int, metavar="N")
+    p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu, cuda")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes")
+    p.add_argument("--out", metavar="DIR", help="where results go (default: beside the checkpoint, eval/)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import build_dataset, eval_transform
+    from .evaluate import DEFAULT_RHOS, calibrate_rho, evaluate, format_table, rho_sweep
+    from .train import load_trained_model, model_normalization
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.checkpoint:
+        model, cfg = load_trained_model(args.checkpoint, device)
+        dataset, data_root = args.dataset or cfg.dataset, args.data_root if args.data_root is not None else cfg.data_root
+        default_out = Path(args.checkpoint).parent / "eval"
+    else:
+        from .hub import from_pretrained
+
+        if not args.dataset:
+            raise SystemExit("eval: --pretrained needs --dataset (voc, cityscapes or camvid)")
+        model = from_pretrained(args.pretrained, device=device)
+        dataset, data_root, default_out = args.dataset, args.data_root, Path("eval")
+    mean, std = model_normalization(model)
+    data = build_dataset(dataset, args.split, data_root, transform=eval_transform(mean, std, args.size))
+    out_dir = Path(args.out) if args.out else default_out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kw = dict(max_images=args.max_images, workers=args.workers, progress=args.progress)
+    if args.budget is not None:
+        cal = calibrate_rho(model, data, budget=args.budget, budget_kind=args.budget_kind,
+                            rhos=args.rhos or DEFAULT_RHOS, out_dir=out_dir, **kw)
+        print(format_table(cal.curve))
+        print(f"\ncalibrated: rho = {cal.rho:g} ({args.budget_kind} budget {args.budget:g})\n")
+        print(cal.result.report())
+        (out_dir / "calibration.json").write_text(json.dumps(
+            dict(rho=cal.rho, budget=cal.budget, budget_kind=cal.budget_kind, result=cal.result.to_dict()),
+            indent=2) + "\n")
+    elif args.rhos:
+        results = rho_sweep(model, data, args.rhos, out_dir=out_dir, **kw)
+        print(format_table(results))
+        print(f"\nwrote {out_dir / 'rho_sweep.csv'}, rho_sweep.json, rho_sweep.png")
+    else:
+        result = evaluate(model, data, rho=args.rho, **kw)
+        print(result.report())
+        (out_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"\nwrote {out_dir / 'eval.json'}")
+    return 0
+
+
+register_command("train", "train LC or a baseline (plain, dsn, dsn_dropout, model_cascade)",
+                 add_train_arguments, run_train)
+register_command("eval", "mIoU, stage statistics, ms/image; rho sweep; rho calibration",
+                 add_eval_arguments, run_eval)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+class _Formatter(argparse.HelpFormatter):
+    """One line per option where it fits, so that a command's help fits one screen."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=110)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsecascade", description="Deep Layer Cascade semantic segmentation.",
+        epilog="'sparsecascade <command> --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, cmd in COMMANDS.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help, formatter_class=_Formatter,
+                                         usage=f"sparsecascade {name} [options]"))
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(COMMANDS[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

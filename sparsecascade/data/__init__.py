@@ -1,0 +1,35 @@
+"""Segmentation data sets (VOC 2012 + SBD, Cityscapes, CamVid) and their joint transforms."""
+from .datasets import (
+    CAMVID_INFO,
+    CITYSCAPES_INFO,
+    DATA_ENV,
+    DATASETS,
+    IGNORE_INDEX,
+    VOC_INFO,
+    CamVid,
+    Cityscapes,
+    DatasetInfo,
+    SegmentationDataset,
+    VOCSegmentation,
+    build_dataset,
+    dataset_class,
+    resolve_root,
+)
+from .transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    Resize,
+    eval_transform,
+    train_transform,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "DATA_ENV", "DATASETS", "DatasetInfo", "VOC_INFO", "CITYSCAPES_INFO", "CAMVID_INFO",
+    "SegmentationDataset", "VOCSegmentation", "Cityscapes", "CamVid", "build_dataset", "dataset_class",
+    "resolve_root",
+    "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "Resize", "Normalize",
+    "train_transform", "eval_transform",
+]

@@ -1,0 +1,231 @@
+"""Evaluation of an LC model: mIoU, where pixels stop, time per image; rho sweeps and rho calibration.
+
+    result = evaluate(model, val_data, rho=0.985)       # EvalResult
+    results = rho_sweep(model, val_data, rhos, out_dir)  # + rho_sweep.csv / .json / .png
+    cal = calibrate_rho(model, val_data, budget=0.6)     # best mIoU within 60% of the dense MACs
+
+``val_data`` is a data set yielding ``(image (3, H, W) float, label (H, W) int64)`` (a
+``sparsecascade.data`` data set with ``eval_transform``) or an iterable of such batches. The
+prediction is compared at the label's resolution (logits upsampled bilinearly when the image was
+resized). ``ms_per_image`` times the model's forward alone (after one untimed warm-up pass,
+synchronised on CUDA); ``mac_ratio`` is the executed share of the dense network's MACs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .cascade import LayerCascade
+from .metrics import ConfusionMatrix, StageDistribution
+
+DEFAULT_RHOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.985, 0.995, 1.0)
+BUDGET_KINDS = ("macs", "ms")
+
+
+@dataclass
+class EvalResult:
+    rho: float
+    miou: float
+    pixel_accuracy: float
+    iou: list  # per class; NaN for a class absent from labels and predictions
+    stop_fractions: list  # per stage: the share of all pixels decided there
+    stage_distribution: list  # per class, per stage: the share of the class's labelled pixels decided there
+    ms_per_image: float
+    mac_ratio: float  # executed MACs / dense MACs, over the whole data set
+    num_images: int
+    class_names: list = field(default_factory=list)
+
+    def cost(self, budget_kind: str) -> float:
+        return self.mac_ratio if budget_kind == "macs" else self.ms_per_image
+
+    def to_dict(self) -> dict:
+        """JSON-ready (NaN -> None)."""
+        def clean(v):
+            if isinstance(v, float) and math.isnan(v):
+                return None
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+    def row(self) -> dict:
+        """The rho-sweep table's row."""
+        r = dict(rho=self.rho, miou=self.miou, pixel_accuracy=self.pixel_accuracy,
+                 ms_per_image=self.ms_per_image, mac_ratio=self.mac_ratio)
+        r.update({f"stop_{k + 1}": f for k, f in enumerate(self.stop_fractions)})
+        return r
+
+    def report(self) -> str:
+        """A human-readable summary with the per-class table."""
+        lines = [f"rho {self.rho:g}: mIoU {100 * self.miou:.2f}  pixel acc {100 * self.pixel_accuracy:.2f}  "
+                 f"{self.ms_per_image:.1f} ms/image  MACs {100 * self.mac_ratio:.1f}% of dense  "
+                 f"({self.num_images} images)",
+                 "stopped per stage: " + "  ".join(f"{100 * f:.1f}%" for f in self.stop_fractions),
+                 f"{'class':<16}{'IoU':>8}   decided at stage 1..{len(self.stop_fractions)}"]
+        names = self.class_names or [str(c) for c in range(len(self.iou))]
+        for name, iou, dist in zip(names, self.iou, self.stage_distribution):
+            iou_s = "     -" if math.isnan(iou) else f"{100 * iou:6.2f}"
+            dist_s = "  ".join("    -" if math.isnan(d) else f"{100 * d:4.0f}%" for d in dist)
+            lines.append(f"{name:<16}{iou_s:>8}   {dist_s}")
+        return "\n".join(lines)
+
+
+def _batches(data, batch_size: int, workers: int) -> Iterable:
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return data
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=None,
+             class_names: Optional[Sequence[str]] = None, ignore_index: int = 255,
+             max_images: Optional[int] = None, batch_size: int = 1, workers: int = 0,
+             progress: bool = False) -> EvalResult:
+    """Evaluate ``model`` on ``data`` at ``rho`` (default: the model's own); the model's rho is restored."""
+    if not isinstance(model, LayerCascade):
+        raise TypeError(f"model: expected a LayerCascade, got {type(model).__name__}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    class_names = list(class_names if class_names is not None else getattr(data, "class_names", []))
+    saved_rho, was_training = model.rho, model.training
+    model.eval()
+    if rho is not None:
+        model.rho = rho
+    try:
+        cm = stages = None
+        seconds, macs, dense, images = 0.0, 0, 0, 0
+        batches = _batches(data, batch_size, workers)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"eval rho={model.rho:g}", dynamic_ncols=True)
+        for x, target in batches:
+            if max_images is not None and images >= max_images:
+                break
+            x, target = x.to(device), target.to(device)
+            if images == 0:
+                model(x)  # warm-up: first-call allocations and kernel selection stay out of the timing
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(x)
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            logits = out.logits
+            if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            if cm is None:
+                cm = ConfusionMatrix(logits.shape[1], ignore_index)
+                stages = StageDistribution(logits.shape[1], model.num_stages, ignore_index)
+            cm.update(logits.argmax(1).cpu(), target.cpu())
+            stages.update(out.stage_map, target)
+            macs, dense, images = macs + out.macs, dense + out.dense_macs, images + x.shape[0]
+        if cm is None:
+            raise ValueError("data: expected at least one (image, label) batch, got none")
+        return EvalResult(
+            rho=model.rho, miou=cm.miou(), pixel_accuracy=cm.pixel_accuracy(), iou=cm.iou().tolist(),
+            stop_fractions=stages.stop_fractions(), stage_distribution=stages.fractions().tolist(),
+            ms_per_image=1e3 * seconds / images, mac_ratio=macs / dense if dense else 1.0,
+            num_images=images, class_names=class_names)
+    finally:
+        model.rho = saved_rho
+        model.train(was_training)
+
+
+def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, out_dir=None,
+              **eval_kwargs) -> list[EvalResult]:
+    """``evaluate`` at each rho; with ``out_dir``, writes ``rho_sweep.csv``, ``rho_sweep.json`` (every
+    result, per class included) and ``rho_sweep.png`` (mIoU and ms/image against rho)."""
+    if not rhos:
+        raise ValueError("rhos: expected at least one value")
+    results = [evaluate(model, data, rho=float(r), **eval_kwargs) for r in sorted(rhos)]
+    if out_dir is not None:
+        save_sweep(results, out_dir)
+    return results
+
+
+def format_table(results: Sequence[EvalResult]) -> str:
+    k = len(results[0].stop_fractions)
+    head = f"{'rho':>7} {'mIoU':>7} {'ms/img':>8} {'MACs':>7} " + " ".join(f"{'stop' + str(i + 1):>6}" for i in range(k))
+    rows = [f"{r.rho:7.3f} {100 * r.miou:7.2f} {r.ms_per_image:8.2f} {100 * r.mac_ratio:6.1f}% "
+            + " ".join(f"{100 * f:5.1f}%" for f in r.stop_fractions) for r in results]
+    return "\n".join([head] + rows)
+
+
+def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = dict(csv=out / "rho_sweep.csv", json=out / "rho_sweep.json", png=out / "rho_sweep.png")
+    rows = [r.row() for r in results]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    plot_sweep(results, paths["png"])
+    return paths
+
+
+def plot_sweep(results: Sequence[EvalResult], path) -> None:
+    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    rhos = [r.rho for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(rhos, [100 * r.miou for r in results], "o-", color="tab:blue", label="mIoU")
+    ax.set_xlabel("rho (confidence threshold)")
+    ax.set_ylabel("mIoU (%)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(rhos, [r.ms_per_image for r in results], "s--", color="tab:red", label="ms / image")
+    ax2.set_ylabel("ms per image", color="tab:red")
+    ax.set_title("Deep Layer Cascade: accuracy and time against rho")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@dataclass
+class Calibration:
+    rho: float  # the chosen threshold (set it with ``model.rho = calibration.rho``)
+    result: EvalResult  # its evaluation
+    curve: list  # EvalResult per candidate rho, ascending
+    budget: float
+    budget_kind: str
+
+
+def calibrate_rho(model: LayerCascade, val_data, budget: float, budget_kind: str = "macs",
+                  rhos: Sequence[float] = DEFAULT_RHOS, **eval_kwargs) -> Calibration:
+    """The rho with the best validation mIoU whose measured cost fits ``budget``.
+
+    ``budget_kind="macs"``: the executed share of the dense network's MACs (e.g. 0.6);
+    ``"ms"``: milliseconds per image on this machine. Ties in mIoU go to the cheaper rho. The
+    model's rho is left as it was; the whole curve is returned.
+    """
+    if budget_kind not in BUDGET_KINDS:
+        raise ValueError(f"budget_kind: expected one of {BUDGET_KINDS}, got {budget_kind!r}")
+    if not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError(f"budget: expected a positive number, got {budget!r}")
+    curve = rho_sweep(model, val_data, rhos, **eval_kwargs)
+    fitting = [r for r in curve if r.cost(budget_kind) <= budget]
+    if not fitting:
+        cheapest = min(curve, key=lambda r: r.cost(budget_kind))
+        raise ValueError(f"budget: no rho in {sorted(rhos)} fits {budget_kind} <= {budget}; the cheapest, "
+                         f"rho={cheapest.rho:g}, costs {cheapest.cost(budget_kind):.4g}")
+    best = max(fitting, key=lambda r: (r.miou, -r.cost(budget_kind)))
+    return Calibration(best.rho, best, curve, float(budget), budget_kind)

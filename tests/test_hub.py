@@ -180,3 +180,35 @@ def test_segment(tiny, tmp_path):
         tiny.segment(tmp_path / "bad.png")
     with pytest.raises(ValueError, match="uint8"):
         tiny.segment(rgb.astype(np.float32))
+
+
+def test_publish_dry_run_is_idempotent(tmp_path, capsys):
+    import runpy
+    import sys
+
+    torch.manual_seed(0)
+    model = sc.create_model("lc_resnet18", 11, head_channels=8)
+    model.save_pretrained(tmp_path / "trained")
+    (tmp_path / "sweep.json").write_text(json.dumps([
+        {"rho": 1.0, "miou": 0.5, "stop_fractions": [0, 0, 1], "ms_per_image": 90.0, "mac_ratio": 1.0},
+        {"rho": 0.985, "miou": 0.52, "stop_fractions": [0.3, 0.3, 0.4], "ms_per_image": 60.0, "mac_ratio": 0.6}]))
+    script = str(Path(__file__).parents[1] / "zoo" / "publish.py")
+    argv = [script, str(tmp_path / "trained"), "--name", "lc-resnet18-camvid", "--results", str(tmp_path / "sweep.json"),
+            "--dtype", "float16", "--dry-run", "--out"]
+    old = sys.argv
+    try:
+        for out in ("a", "b"):
+            sys.argv = argv + [str(tmp_path / out)]
+            with pytest.raises(SystemExit) as done:
+                runpy.run_path(script, run_name="__main__")
+            assert done.value.code == 0
+    finally:
+        sys.argv = old
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "| miou | 0.52 |" in card and "lc-resnet18-camvid" in card and "dry run" in capsys.readouterr().out
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["name"] == "lc-resnet18-camvid" and config["class_names"][3] == "road"
+    loaded = sc.from_pretrained(tmp_path / "a")
+    assert loaded.config["dataset"] == "camvid"

@@ -215,7 +215,11 @@ class LayerCascade(nn.Module):
         return CascadeOutput(up, up.argmax(1), stage_map, fractions, int(macs), self.dense_macs(x))
 
     def dense_macs(self, x: torch.Tensor) -> int:
-        """MACs of every stage and head on every pixel for an input shaped like ``x``.
+        """MACs of every stage and head on every pixel for an input shaped like ``x``."""
+        return sum(self.stage_dense_macs(x))
+
+    def stage_dense_macs(self, x: torch.Tensor) -> list[int]:
+        """Per stage, the MACs of stage k and head k on every pixel for an input shaped like ``x``.
 
         Counted by running the network on fake tensors (shapes only, no arithmetic), once per shape.
         """
@@ -223,16 +227,16 @@ class LayerCascade(nn.Module):
         if key not in self._dense_macs_cache:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
-            total = 0
+            per_stage = []
             with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
                 features = torch.empty(x.shape, dtype=x.dtype, device=x.device)
                 for stage, head in zip(self.stages, self.heads):
                     with active_region(None, "dense") as region:
                         features = stage(features)
                         head(features)
-                    total += region.macs
-            self._dense_macs_cache[key] = total
-        return self._dense_macs_cache[key]
+                    per_stage.append(region.macs)
+            self._dense_macs_cache[key] = per_stage
+        return list(self._dense_macs_cache[key])
 
 
 def _forced_stop(active: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -77,7 +77,7 @@ def model_card(config: dict, results: Optional[dict] = None) -> str:
     lines = [
         "---", "library_name: sparsecascade", "pipeline_tag: image-segmentation",
         "tags:", "- semantic-segmentation", "- deep-layer-cascade", f"- {config['architecture']}",
-        *( [f"datasets:", f"- {config['dataset']}"] if config.get("dataset") else []),
+        *(["datasets:", f"- {config['dataset']}"] if config.get("dataset") else []),
         "---", "", f"# {name}", "",
         f"Deep Layer Cascade (Li et al., CVPR 2017) on `{config['architecture']}`: "
         f"{config['num_classes']} classes, default rho = {config['rho']}.", "",

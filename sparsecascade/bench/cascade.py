@@ -8,15 +8,11 @@ next to the MAC-ratio bound (dense MACs / executed MACs) and their quotient.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 
 import torch
 
 from ..factory import create_model
-from .kernels import environment
-from .timing import measure_all_ms, measure_ms
+from .timing import measure_all_ms, measure_ms, write_results
 
 # Paper, Table 1 (stopped at stages 1 / 2): rho = 0.985, 0.95 (between), 0.9
 STOP_SETTINGS = [(0.23, 0.29), (0.35, 0.30), (0.44, 0.31)]
@@ -57,7 +53,6 @@ def bench_cascade(backbones, size=256, batch=1, device="cpu", dtype=torch.float3
                 print(f"{name:>13} {size}x{size} b{batch} stops {stops[0]:.2f}/{stops[1]:.2f} | dense {dense_ms:8.1f} ms"
                       f" | LC {ms:8.1f} ms | speed-up {row['speedup']:.2f}x of bound {bound:.2f}x"
                       f" ({100 * row['share_of_bound']:.0f}%)", flush=True)
-        del model
     return rows
 
 
@@ -75,13 +70,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = bench_cascade(args.models, args.size, args.batch, args.device, getattr(torch, args.dtype), args.reps,
                          args.backend)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(command=" ".join(["python -m sparsecascade.bench cascade"] + (argv if argv is not None else sys.argv[2:])),
-                       environment=environment(), results=rows), fh, indent=1)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, "cascade", argv, rows)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,11 @@ gather-GEMM-scatter path at every fraction, backend="torch"). Ratios are region 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
-
 import torch
 import torch.nn.functional as F
 
 from ..ops import region_conv2d
-from .timing import coherent_mask, measure_all_ms, measure_ms
+from .timing import coherent_mask, measure_all_ms, measure_ms, write_results
 
 # (name, C_in, C_out, KH, KW, padding): convolutions of the LC backbones at output stride 8.
 SHAPES = [
@@ -85,12 +80,6 @@ def _format_row(row):
     return " | ".join(parts)
 
 
-def environment():
-    return dict(python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
-                threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-                cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sparsecascade.bench kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,13 +99,7 @@ def main(argv=None):
     if not shapes:
         parser.error(f"--shapes: none of {args.shapes} is one of {[s[0] for s in SHAPES]}")
     rows = bench_kernels(shapes, args.fractions, args.batch, args.size, dtype, args.device, args.backward, args.reps)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(command=" ".join(["python -m sparsecascade.bench kernels"] + (argv if argv is not None else sys.argv[2:])),
-                       environment=environment(), results=rows), fh, indent=1)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, "kernels", argv, rows)
 
 
 if __name__ == "__main__":

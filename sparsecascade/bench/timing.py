@@ -1,6 +1,10 @@
 """Timing and mask helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import json
+import os
+import platform
+import sys
 import time
 
 import torch
@@ -48,3 +52,22 @@ def coherent_mask(n: int, h: int, w: int, fraction: float, *, seed: int = 0, dev
         top = field.reshape(n, -1).topk(k, dim=1).indices
         mask.scatter_(1, top, True)
     return mask.view(n, h, w).to(device)
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    return dict(python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
+                threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def write_results(path: str, benchmark: str, argv, rows: list) -> None:
+    """The results, the exact command and the environment as JSON, written atomically."""
+    argv = list(sys.argv[2:] if argv is None else argv)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(dict(command=" ".join([f"python -m sparsecascade.bench {benchmark}"] + argv),
+                       environment=environment(), results=rows), fh, indent=1)
+    os.replace(tmp, path)
+    print(f"wrote {path}")

@@ -26,23 +26,12 @@ import torch
 
 from .. import losses
 from ..cascade import LayerCascade
-from ..region import active_region
 from .timing import measure_ms
 
 
 def stage_dense_macs(model: LayerCascade, x: torch.Tensor) -> list[int]:
-    """MACs of stage k + head k on every pixel, per stage (shapes only: fake tensors)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    out = []
-    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-        features = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        for stage, head in zip(model.stages, model.heads):
-            with active_region(None, "dense") as region:
-                features = stage(features)
-                head(features)
-            out.append(region.macs)
-    return out
+    """MACs of stage k + head k on every pixel, per stage."""
+    return model.stage_dense_macs(x)
 
 
 def region_fractions(model: LayerCascade, x: torch.Tensor) -> list[float]:

@@ -1,0 +1,37 @@
+"""The benchmark scripts run and write what the README reports (tiny sizes: no timing is asserted)."""
+import json
+
+import pytest
+import torch
+
+from sparsecascade.bench import cascade, kernels
+from sparsecascade.bench.timing import coherent_mask
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 1.0])
+def test_coherent_mask_has_the_exact_share(fraction):
+    mask = coherent_mask(2, 17, 23, fraction, seed=3)
+    assert mask.dtype == torch.bool and mask.shape == (2, 17, 23)
+    assert mask.reshape(2, -1).sum(1).tolist() == [round(fraction * 17 * 23)] * 2
+
+
+def test_kernel_benchmark_writes_ratios(tmp_path):
+    out = tmp_path / "k.json"
+    kernels.main(["--batch", "1", "--size", "8", "--reps", "1", "--shapes", "1x7 128->160", "--fractions", "1.0", "0.25",
+                  "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python -m sparsecascade.bench kernels") and data["environment"]["torch"]
+    rows = data["results"]
+    assert [r["fraction"] for r in rows] == [1.0, 0.25] and rows[1]["mac_ratio"] == 0.25
+    for r in rows:
+        assert r["region_ratio"] == pytest.approx(r["region_ms"] / r["dense_ms"], rel=1e-2, abs=1e-3)
+
+
+def test_cascade_benchmark_imposes_the_paper_stop_shares(tmp_path):
+    out = tmp_path / "c.json"
+    cascade.main(["--models", "lc_resnet18", "--size", "64", "--reps", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["stop_stage1"], r["stop_stage2"]) for r in rows] == cascade.STOP_SETTINGS
+    for r in rows:
+        assert r["measured_stops"][:2] == pytest.approx([r["stop_stage1"], r["stop_stage2"]], abs=0.02)
+        assert r["mac_bound"] > 1.2

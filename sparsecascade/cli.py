@@ -2,6 +2,9 @@
 
     sparsecascade train --recipe recipes/camvid_lc_resnet18.json [--steps 200 ...] [--resume]
     sparsecascade eval --checkpoint runs/x/last.pt [--rhos 0.8,0.9,0.985,1 | --budget 0.6]
+    sparsecascade segment street.png photos/ "shots/*.jpg" [--model NAME] [--rho R] [--out DIR]
+    sparsecascade list
+    sparsecascade bench kernels|cascade|train_step [options]
     sparsecascade eval --pretrained my-model-folder --dataset camvid --data-root DIR
 
 Data parallel, one machine or several (``--out`` on storage every machine sees, for ``--resume``):
@@ -198,6 +201,102 @@ register_command("train", "train LC or a baseline (plain, dsn, dsn_dropout, mode
                  add_train_arguments, run_train)
 register_command("eval", "mIoU, stage statistics, ms/image; rho sweep; rho calibration",
                  add_eval_arguments, run_eval)
+
+
+# -- segment, list, bench ------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    p.add_argument("--model", default="lc-resnet18-camvid", help="zoo name, Hub repo id or save_pretrained folder")
+    p.add_argument("--rho", type=float, help="confidence threshold (default: the model's)")
+    p.add_argument("--out", default="segment_out", metavar="DIR", help="where the PNGs go (default segment_out)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def expand_images(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and globs -> (image paths, problems)."""
+    import glob
+
+    found, problems = [], []
+    for item in items:
+        path = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item))
+            found += [m for m in matches if m.is_file()]
+            if not matches:
+                problems.append(f"{item}: no file matches")
+        elif path.is_dir():
+            images = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found += images
+            if not images:
+                problems.append(f"{item}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+        elif path.is_file():
+            found.append(path)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return found, problems
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from . import from_pretrained
+
+    try:
+        model = from_pretrained(args.model, rho=args.rho, device=args.device)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"sparsecascade segment: cannot load --model {args.model}: {e}", file=sys.stderr)
+        return 2
+    images, problems = expand_images(args.images)
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = len(problems)
+    for path in images:
+        try:
+            result = model.segment(path)
+        except (ValueError, OSError) as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = out / path.stem
+        result.colorize().save(f"{stem}_labels.png")
+        result.overlay().save(f"{stem}_overlay.png")
+        result.stage_picture().save(f"{stem}_stages.png")
+        shares = " / ".join(f"{100 * f:.1f}%" for f in result.stop_fractions)
+        print(f"{path}: {result.ms:.0f} ms, decided at stages 1/2/3: {shares} -> {stem}_{{labels,overlay,stages}}.png")
+    return 1 if failed else 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from .factory import list_models
+    from .zoo import ZOO
+
+    print("pretrained (sparsecascade.from_pretrained):")
+    for name in sorted(ZOO):
+        e = ZOO[name]
+        print(f"  {name:<26} {e.architecture:<14} {e.dataset:<11} {e.repo_id:<38} "
+              f"{'trained' if e.trained else 'not trained yet'}")
+    print("architectures (sparsecascade.create_model): " + ", ".join(list_models()))
+    return 0
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("benchmark", choices=["kernels", "cascade", "train_step"])
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (--help for them)")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench.__main__ import main as bench_main
+
+    return int(bench_main([args.benchmark, *args.options]) or 0)
+
+
+register_command("segment", "segment images: colour labels, overlay and stage map PNGs", add_segment_arguments,
+                 run_segment)
+register_command("list", "the model zoo and the architectures", lambda p: None, run_list)
+register_command("bench", "benchmarks: kernels, cascade, train_step", add_bench_arguments, run_bench)
 
 
 # -- entry point ----------------------------------------------------------------------------------

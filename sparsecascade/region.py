@@ -144,6 +144,8 @@ class RegionConv2d(nn.Conv2d):
         if x.dtype != weight.dtype:  # autocast: the region conv runs in the activation dtype
             weight = weight.to(x.dtype)
             bias = None if bias is None else bias.to(x.dtype)
+        if residual is not None and residual.dtype != x.dtype:
+            residual = residual.to(x.dtype)
         return region_conv2d(x, weight, bias, mask, self.padding, self.dilation, backend=region.backend,
                              scale=scale, shift=shift, residual=residual, res_scale=self.res_scale,
                              relu=self.fused_relu)

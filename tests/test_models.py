@@ -84,3 +84,19 @@ def test_force_stop_fractions_imposes_coherent_shares():
 def test_custom_backbone_example_runs(capsys):
     runpy.run_path(str(Path(__file__).parents[1] / "examples" / "custom_backbone.py"), run_name="__main__")
     assert "decided at each stage" in capsys.readouterr().out
+
+
+def test_cascade_runs_under_autocast():
+    """Mixed precision hands the region ops low-precision activations next to fp32 weights and residuals."""
+    torch.manual_seed(0)
+    model = sc.create_model("lc_resnet18", 5, head_channels=16).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        confidence = torch.softmax(model.heads[0](model.stages[0](x)), 1).amax(1)
+        model.rho = float(confidence.quantile(0.5))
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.logits.dtype == torch.bfloat16
+    assert (out.stage_map == reference.stage_map).float().mean() > 0.9
+    assert (out.labels == reference.labels).float().mean() > 0.9

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ._atomic import atomic_write, atomic_write_text
 from .cascade import LayerCascade
 from .factory import create_model
 from .zoo import ZOO, list_pretrained
@@ -24,19 +25,6 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 CONFIG_KEYS = ("architecture", "num_classes", "rho")
 SHIPPED_DIR = Path(__file__).parent / "weights"  # package data: zoo weights that work offline
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a killed write leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def model_config(model: LayerCascade) -> dict:
@@ -56,17 +44,15 @@ def save_pretrained(model: LayerCascade, folder: Union[str, os.PathLike], *, dty
     ``results``: measured numbers (e.g. ``{"mIoU": 0.61, ...}``) for the card; without them the card says
     that nothing was measured. Re-saving the same model writes identical files.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     config = model_config(model)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
-    card = model_card(config, results)
-    _atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(card))
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(state, metadata={"format": "pt"})))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / CARD_NAME, model_card(config, results))
     return folder
 
 

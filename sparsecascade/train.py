@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import losses
+from ._atomic import atomic_write, atomic_write_text
 from .cascade import CascadeTrainOutput, LayerCascade
 from .data import IGNORE_INDEX, SegmentationDataset, build_dataset, dataset_class, train_transform
 from .factory import create_model
@@ -350,21 +351,8 @@ def make_optimizer(model: LayerCascade, cfg: TrainConfig) -> torch.optim.SGD:
 
 # -- checkpoints ----------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader (or a run resumed
-    after a kill) sees the old file or the new one, never a half-written one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """torch.save through ``atomic_write``: a run resumed after a kill finds the old checkpoint or the new one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:
@@ -420,7 +408,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             pass
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -522,7 +510,7 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
         if step == 0 and log_path.exists():
             log_path.unlink()  # a fresh run: a new log
         _truncate_log(log_path, step)
-        _atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     end = cfg.steps if stop_after is None else min(cfg.steps, max(stop_after, step))
     state = dict(num_classes=num_classes, spe=spe)

@@ -10,6 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .._atomic import atomic_write_text
+
 
 def measure_ms(fn, *, reps: int = 10, warmup: int = 2, device: torch.device | None = None) -> float:
     """Wall time of ``fn()`` in ms: on CUDA the median of Triton's do_bench (L2 flushed, events);
@@ -64,10 +66,6 @@ def environment() -> dict:
 def write_results(path: str, benchmark: str, argv, rows: list) -> None:
     """The results, the exact command and the environment as JSON, written atomically."""
     argv = list(sys.argv[2:] if argv is None else argv)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(command=" ".join([f"python -m sparsecascade.bench {benchmark}"] + argv),
-                       environment=environment(), results=rows), fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(dict(command=" ".join([f"python -m sparsecascade.bench {benchmark}"] + argv),
+                                            environment=environment(), results=rows), indent=1))
     print(f"wrote {path}")

@@ -18,17 +18,10 @@ STAGE_COLORS = np.array([[0, 0, 0], [46, 204, 113], [241, 196, 15], [231, 76, 60
 
 
 def default_palette(num_classes: int) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved), for models without a palette of their own."""
-    palette = np.zeros((num_classes, 3), dtype=np.uint8)
-    for i in range(num_classes):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette
+    """The PASCAL VOC colour map, for models without a palette of their own."""
+    from .data.datasets import voc_palette
+
+    return np.asarray(voc_palette(num_classes), dtype=np.uint8).reshape(num_classes, 3)
 
 
 def load_image(image) -> np.ndarray:

@@ -48,7 +48,7 @@ class DatasetInfo:
         return len(self.class_names)
 
 
-def _voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+def voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
     """PASCAL VOC's colour map: the bits of the class id spread over the high bits of R, G, B."""
     colours = []
     for i in range(n):
@@ -67,7 +67,7 @@ VOC_INFO = DatasetInfo(
     "voc",
     ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
      "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"),
-    _voc_palette(21),
+    voc_palette(21),
     "SPARSECASCADE_VOC",
 )
 

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from .._triton_support import triton_interpreting
 from .geometry import ConvGeometry
+from .triton_common import load_output_pixels, tap_input_rows
 
 
 def _configs(tiles: list[tuple[int, int, int, int, int]], names: tuple[str, str, str]) -> list[triton.Config]:
@@ -74,21 +75,11 @@ def region_conv2d_bwd_input_kernel(
     arange_co = tl.arange(0, BLOCK_CO)
 
     # Pixel arithmetic in int32 (the launcher checks N*H*W < 2^31), element offsets in int64.
-    pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
-    hw_out = H_out * W_out
-    n = pix // hw_out
-    rem = pix - n * hw_out
-    oy = rem // W_out
-    ox = rem - oy * W_out
+    _, n, oy, ox = load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out)
     g_rows = offs_p.to(tl.int64) * C_out
 
     for tap in range(0, KH * KW):
-        ky = tap // KW
-        kx = tap - ky * KW
-        iy = oy - pad_h + ky * dil_h
-        ix = ox - pad_w + kx * dil_w
-        valid = mask_p & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        row = ((n * H + iy) * W + ix).to(tl.int64)
+        row, valid = tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW)
         # w_tap^T[co, ci] = weight[tap, ci, co]
         w_cols = (tap * C_in + offs_ci).to(tl.int64) * C_out
 
@@ -131,23 +122,13 @@ def region_conv2d_bwd_weight_kernel(
     mask_ci = offs_ci < C_in
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_out
-    ky = tap // KW
-    kx = tap - ky * KW
-    hw_out = H_out * W_out
 
     acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
     for p0 in range(pid_s * BLOCK_P, P, n_split * BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
-        pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
-        n = pix // hw_out
-        rem = pix - n * hw_out
-        oy = rem // W_out
-        ox = rem - oy * W_out
-        iy = oy - pad_h + ky * dil_h
-        ix = ox - pad_w + kx * dil_w
-        valid = mask_p & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        row = ((n * H + iy) * W + ix).to(tl.int64)
+        _, n, oy, ox = load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out)
+        row, valid = tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW)
         # x_gathered^T [ci, p]; padding taps read 0
         xt = tl.load(x_ptr + row[None, :] * C_in + offs_ci[:, None], mask=valid[None, :] & mask_ci[:, None], other=0.0)
         g = tl.load(

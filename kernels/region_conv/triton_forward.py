@@ -14,6 +14,7 @@ import triton.language as tl
 
 from .._triton_support import triton_interpreting
 from .geometry import ConvGeometry
+from .triton_common import load_output_pixels, tap_input_rows
 
 
 def forward_configs() -> list[triton.Config]:
@@ -65,27 +66,14 @@ def region_conv2d_fwd_kernel(
 
     # Pixel arithmetic in int32 (the launcher checks N*H*W < 2^31: cheap divisions), element
     # offsets in int64 (N*H*W*C may exceed 2^31).
-    pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
-    hw_out = H_out * W_out
-    n = pix // hw_out
-    rem = pix - n * hw_out
-    oy = rem // W_out
-    ox = rem - oy * W_out
-    iy0 = oy - pad_h
-    ix0 = ox - pad_w
-    img_base = n * H
+    pix, n, oy, ox = load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out)
 
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
     n_ci_blocks = tl.cdiv(C_in, BLOCK_CI)
     for k in range(0, KH * KW * n_ci_blocks):
         tap = k // n_ci_blocks
         c0 = (k - tap * n_ci_blocks) * BLOCK_CI
-        ky = tap // KW
-        kx = tap - ky * KW
-        iy = iy0 + ky * dil_h
-        ix = ix0 + kx * dil_w
-        valid = mask_p & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        row = ((img_base + iy) * W + ix).to(tl.int64)
+        row, valid = tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW)
         ci = c0 + offs_ci
         mask_ci = ci < C_in
 

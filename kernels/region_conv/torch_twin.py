@@ -95,15 +95,20 @@ def region_conv2d_forward_torch(
     w_mat = weight.reshape(-1, c_out)
     if low_precision:  # accumulate in fp32, as the Triton kernel does
         w_mat = w_mat.float()
-    w_mat, bias = fold_affine(w_mat, bias, scale, shift)
+    if idx.numel() >= w_mat.shape[0]:
+        # Many rows: fold the affine into the (K, C_out) weights once, one addmm per chunk.
+        w_mat, bias = fold_affine(w_mat, bias, scale, shift)
+        scale = shift = None
+    # Few rows (P < K: a deep layer on a small active set): scaling P output rows is cheaper than
+    # scaling K weight rows, so the affine stays in the epilogue.
     step = chunk_rows(w_mat.shape[0], 4)
     for start in range(0, idx.numel(), step):
         chunk = idx[start : start + step]
         cols, _, _ = _gather_columns(x_rows, chunk, geometry)
         cols = cols.float() if low_precision else cols
-        acc = torch.addmm(bias, cols, w_mat) if bias is not None else cols @ w_mat
+        acc = torch.addmm(bias.to(w_mat.dtype), cols, w_mat) if bias is not None else cols @ w_mat
         acc = apply_epilogue(
-            acc, res_scale=res_scale, relu=relu,
+            acc, scale=scale, shift=shift, res_scale=res_scale, relu=relu,
             residual=None if residual_rows is None else residual_rows.index_select(0, chunk),
         )
         out_rows.index_copy_(0, chunk, acc.to(out.dtype))

@@ -100,3 +100,39 @@ def test_cascade_runs_under_autocast():
     assert out.logits.dtype == torch.bfloat16
     assert (out.stage_map == reference.stage_map).float().mean() > 0.9
     assert (out.labels == reference.labels).float().mean() > 0.9
+
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
+def test_rho_tradeoff_example_runs(tmp_path, capsys):
+    import sys
+
+    torch.manual_seed(0)
+    sc.create_model("lc_resnet18", 11, head_channels=8).save_pretrained(tmp_path / "model")
+    script = str(Path(__file__).parents[1] / "examples" / "rho_tradeoff.py")
+    old = sys.argv
+    sys.argv = [script, "--model", str(tmp_path / "model"), "--data-root", str(CAMVID), "--rhos", "1", "0.5",
+                "--max-images", "2", "--out", str(tmp_path / "sweep")]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = old
+    assert (tmp_path / "sweep" / "rho_sweep.png").is_file() and (tmp_path / "sweep" / "rho_sweep.csv").is_file()
+    assert "decided at stages" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
+def test_train_camvid_example_runs(tmp_path, capsys):
+    import sys
+
+    script = str(Path(__file__).parents[1] / "examples" / "train_camvid.py")
+    old = sys.argv
+    sys.argv = [script, "--data-root", str(CAMVID), "--steps", "2", "--batch-size", "2", "--crop-size", "48", "64",
+                "--out", str(tmp_path / "run")]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = old
+    assert "2 steps" in capsys.readouterr().out and (tmp_path / "run" / "last.pt").is_file()

@@ -1,0 +1,35 @@
+"""Sweep rho on CamVid val: mIoU, ms per image and the share of pixels decided at each stage.
+
+    python examples/rho_tradeoff.py --model lc-resnet18-camvid --data-root ../shared/data/camvid \
+        --rhos 1 0.995 0.985 0.97 0.95 0.9 0.8 --max-images 20 --out rho_tradeoff
+
+``--model`` is a zoo name, a Hub repo id or a save_pretrained folder. Writes rho_sweep.csv,
+rho_sweep.json and rho_sweep.png (mIoU and time against rho, as the paper's Figure 7).
+"""
+import argparse
+
+import sparsecascade as sc
+from sparsecascade.data import build_dataset, eval_transform
+from sparsecascade.evaluate import rho_sweep
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="lc-resnet18-camvid")
+    parser.add_argument("--data-root", default=None, help="default: $SPARSECASCADE_CAMVID or $SPARSECASCADE_DATA/camvid")
+    parser.add_argument("--rhos", type=float, nargs="+", default=[1.0, 0.995, 0.985, 0.97, 0.95, 0.9, 0.8])
+    parser.add_argument("--max-images", type=int, default=20)
+    parser.add_argument("--out", default="rho_tradeoff")
+    args = parser.parse_args(argv)
+
+    model = sc.from_pretrained(args.model)
+    val = build_dataset("camvid", "val", args.data_root, transform=eval_transform(model.mean, model.std))
+    results = rho_sweep(model, val, args.rhos, out_dir=args.out, max_images=args.max_images)
+    print(f"{'rho':>6} {'mIoU':>6} {'ms/img':>7}  decided at stages 1/2/3")
+    for r in results:
+        print(f"{r.rho:6.3f} {100 * r.miou:6.2f} {r.ms_per_image:7.1f}  " + " / ".join(f"{100 * f:.0f}%" for f in r.stop_fractions))
+    print(f"wrote {args.out}/rho_sweep.csv, rho_sweep.json, rho_sweep.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,31 +34,31 @@ class RegionBasicBlock(BasicBlock):
         return self.conv2(self.conv1(x), residual=identity)  # relu(identity + bn2(conv2(...)))
 
 
-@register_region_converter(BasicBlock)
-def _basic_block(m: BasicBlock) -> nn.Module:
-    m.conv1, m.bn1 = fold(m.conv1, m.bn1, relu=True)
-    m.conv2, m.bn2 = fold(m.conv2, m.bn2, relu=True)
-    if m.downsample is not None:
-        convert_to_region(m.downsample)
-    m.__class__ = RegionBasicBlock
-    return m
-
-
 class RegionBottleneck(Bottleneck):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv3(self.conv2(self.conv1(x)), residual=identity)
 
 
-@register_region_converter(Bottleneck)
-def _bottleneck(m: Bottleneck) -> nn.Module:
-    m.conv1, m.bn1 = fold(m.conv1, m.bn1, relu=True)
-    m.conv2, m.bn2 = fold(m.conv2, m.bn2, relu=True)
-    m.conv3, m.bn3 = fold(m.conv3, m.bn3, relu=True)
-    if m.downsample is not None:
-        convert_to_region(m.downsample)
-    m.__class__ = RegionBottleneck
-    return m
+def _resnet_block(region_class, n_convs: int):
+    """Converter of a ResNet block with convs conv1..convN, each followed by bnK: fold every BN and
+    ReLU into its conv (the last one also takes the residual in ``region_class.forward``)."""
+
+    def convert(m):
+        for k in range(1, n_convs + 1):
+            conv, bn = fold(getattr(m, f"conv{k}"), getattr(m, f"bn{k}"), relu=True)
+            setattr(m, f"conv{k}", conv)
+            setattr(m, f"bn{k}", bn)
+        if m.downsample is not None:
+            convert_to_region(m.downsample)
+        m.__class__ = region_class
+        return m
+
+    return convert
+
+
+register_region_converter(BasicBlock)(_resnet_block(RegionBasicBlock, 2))
+register_region_converter(Bottleneck)(_resnet_block(RegionBottleneck, 3))
 
 
 def _residual_inception_forward(self, x):

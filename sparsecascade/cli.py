@@ -68,6 +68,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-kwargs", dest="model_kwargs", type=_json_object, default=S, metavar="JSON")
     g.add_argument("--backbone-weights", dest="backbone_weights", default=S, metavar="FILE",
                    help="ImageNet checkpoint for the backbone")
+    g.add_argument("--bn-init-images", dest="bn_init_images", type=int, default=S, metavar="N",
+                   help="from scratch: set the frozen BatchNorm statistics from N training images first")
     g.add_argument("--dataset", default=S, choices=["voc", "cityscapes", "camvid"], metavar="NAME",
                    help="voc, cityscapes or camvid")
     g.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",

@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import losses
+from .bn_init import init_batchnorm_from_data
 from ._atomic import atomic_write, atomic_write_text
 from .cascade import CascadeTrainOutput, LayerCascade
 from .data import IGNORE_INDEX, SegmentationDataset, build_dataset, dataset_class, train_transform
@@ -70,6 +71,9 @@ class TrainConfig:
     model: str = "lc_resnet18"
     model_kwargs: dict = field(default_factory=dict)
     backbone_weights: Optional[str] = None  # ImageNet checkpoint (file) for the backbone
+    # from scratch: set the frozen BatchNorm statistics from this many training images before
+    # step 0 (data-dependent init, ``sparsecascade.bn_init``); 0: keep them (ImageNet or identity)
+    bn_init_images: int = 0
     # data
     dataset: str = "camvid"
     data_root: Optional[str] = None  # else the data set's environment variable
@@ -151,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"crop_size: expected (height, width), got {self.crop_size!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip!r}")
+        if not isinstance(self.bn_init_images, int) or self.bn_init_images == 1 or self.bn_init_images < 0:
+            raise ValueError(f"bn_init_images: expected 0 (off) or an int >= 2, got {self.bn_init_images!r}")
         if self.lr <= 0 or self.head_lr_mult <= 0:
             raise ValueError(f"lr, head_lr_mult: expected positive numbers, got {self.lr!r}, {self.head_lr_mult!r}")
         return self
@@ -498,6 +504,12 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
     step = 0
     if resume and ckpt_path.is_file():
         step = _restore(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, spe)
+    elif cfg.bn_init_images:
+        # the first images of epoch 0's order, the same on every process (seeded by the seed alone)
+        order = ResumableSampler(train_data, 1, 0, cfg.seed, 0)
+        keyed = _Keyed(train_data)
+        images = torch.stack([keyed[k][0] for _, k in zip(range(cfg.bn_init_images), order)])
+        init_batchnorm_from_data(model, images)
     if ctx.world_size > 1:  # every process must resume from the same step (the same checkpoint)
         steps = [None] * ctx.world_size
         dist.all_gather_object(steps, step)

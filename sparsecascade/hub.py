@@ -72,11 +72,17 @@ def model_card(config: dict, results: Optional[dict] = None) -> str:
     ]
     if config.get("class_names"):
         lines += ["Classes: " + ", ".join(config["class_names"]), ""]
+    if config.get("shortest_edge"):
+        lines += [f"`segment()` resizes an image so that its shorter side has {config['shortest_edge']} pixels "
+                  "(the scale the model was trained at) and returns labels at the image's own size.", ""]
     if results:
         lines += ["## Measured results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in results.items()]
         if results.get("command"):
             lines += ["", f"Measured with `{results['command']}`."]
+        if config.get("name"):
+            lines += ["", f"Every table, with the command that measured it: `zoo/{config['name']}/results.md` "
+                      "in the sparsecascade repository."]
     else:
         lines += ["## Results", "", "No results have been measured for these weights."]
     return "\n".join(lines) + "\n"

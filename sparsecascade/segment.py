@@ -1,7 +1,8 @@
 """``model.segment(image)``: one image in (path, PIL image or (H, W, 3) uint8 array), labels out.
 
-Applies the model's normalization, runs the cascade, and returns the labels at the image's own
-size with the stage map and the per-stage stop fractions, plus pictures: ``colorize()``,
+Applies the model's normalization (and, when its config has ``shortest_edge``, resizes the image
+so that its shorter side has that many pixels: the scale the model was trained at), runs the
+cascade, and returns the labels at the image's own size with the stage map and the per-stage stop fractions, plus pictures: ``colorize()``,
 ``overlay()`` and ``stage_picture()``.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 STAGE_COLORS = np.array([[0, 0, 0], [46, 204, 113], [241, 196, 15], [231, 76, 60], [52, 152, 219],
                          [155, 89, 182]], dtype=np.uint8)  # stage 1 green, 2 yellow, 3 red, ...
@@ -84,7 +86,16 @@ def segment(model, image, rho=None) -> Segmentation:
     mean = torch.tensor(getattr(model, "mean", (0.0, 0.0, 0.0)), device=device).view(1, 3, 1, 1)
     std = torch.tensor(getattr(model, "std", (1.0, 1.0, 1.0)), device=device).view(1, 3, 1, 1)
     x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div_(255)
-    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    x = (x - mean) / std
+    h, w = rgb.shape[:2]
+    config = getattr(model, "config", {}) or {}
+    edge = config.get("shortest_edge")  # the scale the model was trained at, as HF image processors say it
+    if edge:
+        scale = edge / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    x = x.contiguous(memory_format=torch.channels_last)
     was_training, old_rho = model.training, model.rho
     model.eval()
     if rho is not None:
@@ -97,11 +108,12 @@ def segment(model, image, rho=None) -> Segmentation:
     finally:
         model.rho = old_rho
         model.train(was_training)
-    h, w = rgb.shape[:2]
-    stage_map = torch.nn.functional.interpolate(out.stage_map[:, None].float(), size=(h, w), mode="nearest")[0, 0]
-    config = getattr(model, "config", {}) or {}
+    labels = out.labels
+    if tuple(labels.shape[-2:]) != (h, w):  # the logits, not the labels, are resized: smooth boundaries
+        labels = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)
+    stage_map = F.interpolate(out.stage_map[:, None].float(), size=(h, w), mode="nearest")[0, 0]
     num_classes = out.logits.shape[1]
     palette = np.asarray(config.get("palette") or default_palette(num_classes), dtype=np.uint8)
     names = list(config.get("class_names") or [f"class {i}" for i in range(num_classes)])
-    return Segmentation(rgb, out.labels[0].cpu().numpy(), stage_map.to(torch.uint8).cpu().numpy(),
+    return Segmentation(rgb, labels[0].cpu().numpy(), stage_map.to(torch.uint8).cpu().numpy(),
                         list(out.stop_fractions), palette, names, ms)

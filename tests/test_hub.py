@@ -182,6 +182,31 @@ def test_segment(tiny, tmp_path):
         tiny.segment(rgb.astype(np.float32))
 
 
+def test_segment_at_the_trained_scale(tiny, tmp_path):
+    """config["shortest_edge"]: the image is resized so its shorter side has that many pixels, the
+    cascade runs there, and the logits come back to the image's size before the argmax."""
+    import torch.nn.functional as F
+
+    rgb = (np.random.default_rng(1).random((60, 90, 3)) * 255).astype(np.uint8)
+    tiny.config["shortest_edge"] = 30
+    try:
+        result = tiny.segment(rgb)
+    finally:
+        del tiny.config["shortest_edge"]
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - torch.tensor(tiny.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(tiny.std).view(1, 3, 1, 1)
+    small = F.interpolate(x, size=(30, 45), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        out = tiny(small)
+    assert out.logits.shape[-2:] == (30, 45)
+    expected = F.interpolate(out.logits, size=(60, 90), mode="bilinear", align_corners=False).argmax(1)[0]
+    assert result.labels.shape == result.stage_map.shape == (60, 90)
+    assert (result.labels == expected.numpy()).all()
+    stages = out.stage_map[0].numpy()  # at stage 1's resolution (1/8 of 30x45): each cell 15x15 pixels here
+    assert stages.shape == (4, 6)
+    assert (result.stage_map[7::15, 7::15] == stages).all()
+
+
 def test_publish_dry_run_is_idempotent(tmp_path, capsys):
     import runpy
     import sys

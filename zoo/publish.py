@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", required=True, choices=sorted(sc.zoo.ZOO), help="zoo entry")
     parser.add_argument("--results", type=Path, help="evaluation JSON (sparsecascade eval --rhos ...)")
     parser.add_argument("--rho", type=float, help="default rho to publish (default: the model's)")
+    parser.add_argument("--shortest-edge", dest="shortest_edge", type=int, metavar="N",
+                        help="segment() resizes images so that their shorter side has N pixels (the training scale)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--out", type=Path, help="the Hub folder to write (default: zoo/<name>/hub)")
     parser.add_argument("--ship", action="store_true", help="also copy into the package (offline weights)")
@@ -77,6 +79,8 @@ def main(argv=None) -> int:
     if info is not None:  # the card and model.segment() name and colour the classes
         model.config.update(class_names=list(info.class_names), palette=[list(c) for c in info.palette])
     model.config.update(name=args.name, dataset=dataset)
+    if args.shortest_edge is not None:
+        model.config["shortest_edge"] = args.shortest_edge
     results = summarize_results(args.results, model.rho) if args.results else None
 
     folder = args.out or ZOO_DIR / args.name / "hub"

@@ -19,11 +19,17 @@ def main(argv=None):
     parser.add_argument("--data-root", default=None, help="default: $SPARSECASCADE_CAMVID or $SPARSECASCADE_DATA/camvid")
     parser.add_argument("--rhos", type=float, nargs="+", default=[1.0, 0.995, 0.985, 0.97, 0.95, 0.9, 0.8])
     parser.add_argument("--max-images", type=int, default=20)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="resize the images (labels stay 360x480); default: the model's training scale")
     parser.add_argument("--out", default="rho_tradeoff")
     args = parser.parse_args(argv)
 
     model = sc.from_pretrained(args.model)
-    val = build_dataset("camvid", "val", args.data_root, transform=eval_transform(model.mean, model.std))
+    size = args.size
+    edge = model.config.get("shortest_edge")
+    if size is None and edge:  # CamVid's images are 360x480: the shorter side to ``edge`` pixels
+        size = (edge, round(edge * 480 / 360))
+    val = build_dataset("camvid", "val", args.data_root, transform=eval_transform(model.mean, model.std, size))
     results = rho_sweep(model, val, args.rhos, out_dir=args.out, max_images=args.max_images)
     print(f"{'rho':>6} {'mIoU':>6} {'ms/img':>7}  decided at stages 1/2/3")
     for r in results:

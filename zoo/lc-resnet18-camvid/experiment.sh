@@ -5,6 +5,7 @@
 #   bash zoo/lc-resnet18-camvid/experiment.sh train-a   # LC, plain, Model Cascade (one core)
 #   bash zoo/lc-resnet18-camvid/experiment.sh train-b   # DSN, DSN + dropout       (the other core)
 #   bash zoo/lc-resnet18-camvid/experiment.sh eval      # on an otherwise idle machine: it times
+#   bash zoo/lc-resnet18-camvid/experiment.sh publish   # fp16 weights -> zoo/.../hub and the package
 #   python zoo/lc-resnet18-camvid/make_results.py       # results.md from the files eval wrote
 #
 # The two training queues run side by side, one thread each (2 cores: two single-threaded runs
@@ -37,9 +38,20 @@ case "${1:-}" in
     eval)
         for mode in plain dsn dsn_dropout model_cascade lc; do evaluate "$mode"; done   # Table 2
         evaluate lc --rhos "$RHOS"                                    # Tables 1 and 3, Figure 5
-        mkdir -p "$RESULTS/lc/budget60" "$RESULTS/lc/budget40"
-        evaluate lc --rhos "$RHOS" --budget 0.6 --out "$RESULTS/lc/budget60"   # calibrate_rho
-        evaluate lc --rhos "$RHOS" --budget 0.4 --out "$RESULTS/lc/budget40"
+        for budget in 0.6 0.4; do                                     # calibrate_rho at two MAC budgets
+            evaluate lc --rhos "$RHOS,0.7,0.6,0.5" --budget $budget --out "$RESULTS/lc/budget$budget"
+        done
         ;;
-    *) echo "usage: $0 train-a | train-b | eval" >&2; exit 2 ;;
+    publish)  # the zoo's weights: fp16, the rho calibrated for 60% of the dense MACs, shipped in the package
+        rho=$(python -c "import json; print(json.load(open('$RESULTS/lc/budget0.6/calibration.json'))['rho'])")
+        python zoo/publish.py "$RUNS/lc/last.pt" --name lc-resnet18-camvid --dtype float16 --rho "$rho" \
+            --shortest-edge 180 --results "$RESULTS/lc/rho_sweep.json" --ship --dry-run
+        # what the shipped copy measures on the first 10 val images (tests/test_zoo_camvid.py re-measures it)
+        sparsecascade eval --pretrained lc-resnet18-camvid --dataset camvid --data-root "$DATA" --size $SIZE \
+            --max-images 10 --out "$RESULTS/shipped" --workers 1 --no-progress
+        # stage-map pictures (the paper's Figures 4 and 6) of a few val images
+        sparsecascade segment "$DATA"/val/0016E5_0{7961,8019,8129,8159}.png --model lc-resnet18-camvid \
+            --out "$RESULTS/pictures"
+        ;;
+    *) echo "usage: $0 train-a | train-b | eval | publish" >&2; exit 2 ;;
 esac

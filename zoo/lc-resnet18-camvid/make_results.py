@@ -82,7 +82,13 @@ def stage_distribution_plot(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def stage_map_grid(data_root: Path, out: Path) -> list[str]:
+def pictured() -> list[str]:
+    """The val images that ``experiment.sh publish`` segmented."""
+    return [stem for stem in PICTURES
+            if all((RESULTS / "pictures" / f"{stem}_{kind}.png").is_file() for kind in ("labels", "stages"))]
+
+
+def stage_map_grid(data_root: Path, out: Path) -> None:
     """Image | ground truth | LC labels | stage map, one row per val image (Figures 4 and 6)."""
     from PIL import Image
 
@@ -90,25 +96,24 @@ def stage_map_grid(data_root: Path, out: Path) -> list[str]:
 
     palette = np.zeros((256, 3), np.uint8)
     palette[:len(CAMVID_INFO.palette)] = np.asarray(CAMVID_INFO.palette, np.uint8)
-    rows, used = [], []
-    for stem in PICTURES:
+    rows = []
+    for stem in pictured():
         pics = [RESULTS / "pictures" / f"{stem}_{kind}.png" for kind in ("labels", "stages")]
-        if not all(p.is_file() for p in pics):
-            continue
         image = np.asarray(Image.open(data_root / "val" / f"{stem}.png").convert("RGB"))
         truth = palette[np.asarray(Image.open(data_root / "valannot" / f"{stem}.png"))]
         cells = [image, truth] + [np.asarray(Image.open(p).convert("RGB")) for p in pics]
         rows.append(np.concatenate([c[::2, ::2] for c in cells], axis=1))  # half size: a compact figure
-        used.append(stem)
     if rows:
         Image.fromarray(np.concatenate(rows, axis=0)).save(out)
-    return used
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("CAMVID_ROOT", "../shared/data/camvid")),
                         help="CamVid (for the ground truth of the pictures); default as experiment.sh")
+    parser.add_argument("--markdown", type=Path, default=HERE / "results.md", help="where results.md goes")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="the text alone (tests/test_zoo_camvid.py checks results.md against the files)")
     args = parser.parse_args(argv)
 
     evals = {mode: load(RESULTS / mode / "eval.json") for mode, _ in MODES}
@@ -120,9 +125,11 @@ def main(argv=None) -> int:
     dense = row_at(sweep, 1.0)
     chosen = calibrations["0.6"]["result"]
 
-    training_curves(RESULTS / "training_curves.png")
-    stage_distribution_plot(chosen, RESULTS / "stage_distribution.png")
-    pictures = stage_map_grid(args.data_root, RESULTS / "stage_maps.png")
+    if args.figures:
+        training_curves(RESULTS / "training_curves.png")
+        stage_distribution_plot(chosen, RESULTS / "stage_distribution.png")
+        stage_map_grid(args.data_root, RESULTS / "stage_maps.png")
+    pictures = pictured()
 
     md = ["# lc-resnet18-camvid: the paper's Tables 1-3 on CamVid, measured on a 2-core CPU", ""]
     md += [
@@ -242,8 +249,8 @@ def main(argv=None) -> int:
     discussion = HERE / "discussion.md"
     if discussion.is_file():
         md += [discussion.read_text().rstrip(), ""]
-    (HERE / "results.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {HERE / 'results.md'}")
+    args.markdown.write_text("\n".join(md) + "\n")
+    print(f"wrote {args.markdown}")
     return 0
 
 

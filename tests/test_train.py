@@ -23,6 +23,7 @@ import sparsecascade as sc
 from sparsecascade import cli
 from sparsecascade import train as train_mod
 from sparsecascade.train import Phase, TrainConfig, plan_phases, poly_factor, train
+from sparsecascade.train import checkpoint as checkpoint_mod
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -258,7 +259,8 @@ def test_atomic_save_keeps_old_checkpoint_on_failure(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_mod.torch, "save", broken_save)
+    assert train_mod.atomic_save is checkpoint_mod.atomic_save  # the torch.save patched is the one it calls
+    monkeypatch.setattr(checkpoint_mod.torch, "save", broken_save)
     with pytest.raises(OSError):
         train_mod.atomic_save({"step": 2}, path)
     monkeypatch.undo()

@@ -2,7 +2,7 @@
 
     python examples/train_camvid.py --data-root ../shared/data/camvid --steps 20 --out runs/example
 
-The full run is `sparsecascade train --recipe recipes/camvid_lc_resnet18.json` (hours on a CPU);
+The full run is `sparsecascade train --recipe recipes/camvid_lc_resnet18.json` (about 40 minutes on one core);
 here any recipe field can be overridden, e.g. fewer steps or smaller crops for a first look.
 Killed half way, the same command with --resume continues exactly where it stopped.
 """

@@ -77,7 +77,7 @@ def model_card(config: dict, results: Optional[dict] = None) -> str:
                   "(the scale the model was trained at) and returns labels at the image's own size.", ""]
     if results:
         lines += ["## Measured results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in results.items()]
+        lines += [f"| {k} | {_card_value(k, v)} |" for k, v in results.items()]
         if results.get("command"):
             lines += ["", f"Measured with `{results['command']}`."]
         if config.get("name"):
@@ -86,6 +86,17 @@ def model_card(config: dict, results: Optional[dict] = None) -> str:
     else:
         lines += ["## Results", "", "No results have been measured for these weights."]
     return "\n".join(lines) + "\n"
+
+
+def _card_value(key: str, value) -> str:
+    """Shares as percentages, times in ms with one decimal, the rest as they are."""
+    if key in ("miou", "pixel_accuracy", "mac_ratio") and isinstance(value, float):
+        return f"{100 * value:.1f}%"
+    if key == "stop_fractions" and isinstance(value, list):
+        return " / ".join(f"{100 * v:.1f}%" for v in value) + " (stages 1 / 2 / ...)"
+    if key == "ms_per_image" and isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
 
 
 def _read_config(path: Path) -> dict:

@@ -232,7 +232,15 @@ def test_publish_dry_run_is_idempotent(tmp_path, capsys):
     for name in ("config.json", "model.safetensors", "README.md"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     card = (tmp_path / "a" / "README.md").read_text()
-    assert "| miou | 0.52 |" in card and "lc-resnet18-camvid" in card and "dry run" in capsys.readouterr().out
+    assert "| miou | 52.0% |" in card and "| stop_fractions | 30.0% / 30.0% / 40.0%" in card
+    assert "lc-resnet18-camvid" in card and "dry run" in capsys.readouterr().out
+    # the card's numbers must be measured at the rho being published, not at a neighbouring one
+    sys.argv = argv + [str(tmp_path / "c"), "--rho", "0.9"]
+    try:
+        with pytest.raises(SystemExit, match="has no row at rho = 0.9"):
+            runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = old
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["name"] == "lc-resnet18-camvid" and config["class_names"][3] == "road"
     loaded = sc.from_pretrained(tmp_path / "a")

@@ -43,6 +43,9 @@ def summarize_results(path: Path, rho: float) -> dict:
     data = json.loads(path.read_text())
     rows = data["results"] if isinstance(data, dict) and "results" in data else data
     row = min(rows, key=lambda r: abs(float(r["rho"]) - rho))
+    if abs(float(row["rho"]) - rho) > 1e-9:
+        raise SystemExit(f"--results: {path} has no row at rho = {rho:g} (it has {sorted(float(r['rho']) for r in rows)}); "
+                         "evaluate the model at the rho being published")
     keep = {k: row[k] for k in ("rho", "miou", "stop_fractions", "ms_per_image", "mac_ratio") if k in row}
     if isinstance(data, dict) and data.get("command"):
         keep["command"] = data["command"]

@@ -45,7 +45,7 @@ case "${1:-}" in
     publish)  # the zoo's weights: fp16, the rho calibrated for 60% of the dense MACs, shipped in the package
         rho=$(python -c "import json; print(json.load(open('$RESULTS/lc/budget0.6/calibration.json'))['rho'])")
         python zoo/publish.py "$RUNS/lc/last.pt" --name lc-resnet18-camvid --dtype float16 --rho "$rho" \
-            --shortest-edge 180 --results "$RESULTS/lc/rho_sweep.json" --ship --dry-run
+            --shortest-edge 180 --results "$RESULTS/lc/budget0.6/rho_sweep.json" --ship --dry-run
         # what the shipped copy measures on the first 10 val images (tests/test_zoo_camvid.py re-measures it)
         sparsecascade eval --pretrained lc-resnet18-camvid --dataset camvid --data-root "$DATA" --size $SIZE \
             --max-images 10 --out "$RESULTS/shipped" --workers 1 --no-progress

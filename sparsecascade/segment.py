@@ -2,8 +2,8 @@
 
 Applies the model's normalization (and, when its config has ``shortest_edge``, resizes the image
 so that its shorter side has that many pixels: the scale the model was trained at), runs the
-cascade, and returns the labels at the image's own size with the stage map and the per-stage stop fractions, plus pictures: ``colorize()``,
-``overlay()`` and ``stage_picture()``.
+cascade, and returns the labels at the image's own size with the stage map and the per-stage
+stop fractions, plus pictures: ``colorize()``, ``overlay()`` and ``stage_picture()``.
 """
 from __future__ import annotations
 

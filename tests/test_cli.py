@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,8 +60,19 @@ def test_segment_writes_pictures_and_reports_bad_paths(model_folder, tmp_path):
 
 
 def test_segment_with_an_untrained_zoo_model_says_so():
-    result = run("segment", "x.png")
+    result = run("segment", "x.png", "--model", "lc-irnet-voc")
     assert result.returncode == 2 and "not trained yet" in result.stderr
+
+
+def test_segment_with_the_default_shipped_model(tmp_path):
+    """The README's first command: the shipped CamVid model, offline, on the sample image."""
+    sample = Path(__file__).resolve().parents[1] / "examples" / "images" / "camvid_0016E5_08129.jpg"
+    result = run("segment", str(sample), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "decided at stages 1/2/3" in result.stdout
+    for kind in ("labels", "overlay", "stages"):
+        with Image.open(tmp_path / "out" / f"camvid_0016E5_08129_{kind}.png") as im:
+            assert im.size == (480, 360), kind
 
 
 def test_bench_runs_a_benchmark(tmp_path):

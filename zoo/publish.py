@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import sparsecascade as sc
+from sparsecascade._atomic import atomic_write
 from sparsecascade.hub import SHIPPED_DIR, save_pretrained
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -51,6 +52,12 @@ def summarize_results(path: Path, rho: float) -> dict:
         keep["command"] = data["command"]
     keep["source"] = str(path)
     return keep
+
+
+def copy_atomically(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` so that a cut copy never ships: from_pretrained reads the package first."""
+    with open(src, "rb") as source:
+        atomic_write(dst, lambda out: shutil.copyfileobj(source, out))
 
 
 def main(argv=None) -> int:
@@ -94,7 +101,7 @@ def main(argv=None) -> int:
         target = SHIPPED_DIR / args.name
         target.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors", "README.md"):
-            shutil.copyfile(folder / f, target / f)
+            copy_atomically(folder / f, target / f)
         print(f"shipped in the package: {target}")
     if args.dry_run or not args.token:
         print("dry run: nothing uploaded" if args.dry_run else "no HF_TOKEN / --token: nothing uploaded")

@@ -102,6 +102,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="checkpoint, log.jsonl, config.json")
     g.add_argument("--device", default=S, metavar="DEV", help="auto (default), cpu, cuda")
     g.add_argument("--workers", type=int, default=S, metavar="N", help="data-loading processes")
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
     g.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, metavar="N")
     g.add_argument("--log-every", dest="log_every", type=int, default=S, metavar="N")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
@@ -110,13 +111,31 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="end this run (checkpointed) after step N")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _set_threads(threads) -> None:
+    """--threads: torch's intra-op threads (OMP_NUM_THREADS also works, set before starting)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def train_config_from_args(args: argparse.Namespace):
     from .train import TrainConfig
 
     values = {}
     if args.recipe:
         values.update(TrainConfig.from_json(args.recipe).to_dict())
-    skip = {"recipe", "resume", "stop_after", "command", "func"}
+    skip = {"recipe", "resume", "stop_after", "threads", "command", "func"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     return TrainConfig.from_dict(values)
 
@@ -125,6 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = train_config_from_args(args)
+    _set_threads(args.threads)
     result = train(cfg, resume=args.resume, stop_after=args.stop_after)
     if result.rank == 0:
         status = "finished" if result.finished else "stopped"
@@ -150,6 +170,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", dest="max_images", type=int, metavar="N")
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu, cuda")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
     p.add_argument("--out", metavar="DIR", help="where results go (default: beside the checkpoint, eval/)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -161,6 +182,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import DEFAULT_RHOS, calibrate_rho, evaluate, format_table, rho_sweep
     from .train import load_trained_model, model_normalization
 
+    _set_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.checkpoint:
         model, cfg = load_trained_model(args.checkpoint, device)

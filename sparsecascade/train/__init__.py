@@ -28,7 +28,8 @@ sampler), ``checkpoint`` (saving, restoring and loading), ``loop`` (``train``).
 """
 from __future__ import annotations
 
-from .builders import build_model, build_train_data, make_optimizer, model_normalization
+from .builders import (build_model, build_train_data, make_optimizer, median_frequency_weights, model_normalization,
+                       new_layer_names)
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LOG_NAME, atomic_save, load_checkpoint,
                          load_trained_model, rng_state, set_rng_state)
 from .config import LC_DROP_RATIOS, MODES, TrainConfig, drop_ratios_from_stop_fractions, eval_rho
@@ -39,7 +40,8 @@ from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_t
 __all__ = [
     "TrainConfig", "MODES", "LC_DROP_RATIOS", "eval_rho", "drop_ratios_from_stop_fractions",
     "Phase", "plan_phases", "phase_at", "poly_factor", "set_trainable", "phase_loss",
-    "build_model", "model_normalization", "build_train_data", "make_optimizer",
+    "build_model", "model_normalization", "build_train_data", "make_optimizer", "new_layer_names",
+    "median_frequency_weights",
     "DistContext", "init_distributed", "resolve_device", "ResumableSampler",
     "atomic_save", "rng_state", "set_rng_state", "load_checkpoint", "load_trained_model",
     "CHECKPOINT_NAME", "LOG_NAME", "CHECKPOINT_FORMAT",

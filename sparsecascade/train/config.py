@@ -46,6 +46,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    # None, or one loss weight per class (e.g. ``sparsecascade.train.median_frequency_weights``)
+    class_weights: Optional[list] = None
     grad_clip: Optional[float] = None  # max global gradient norm (None: no clipping)
     amp: bool = True  # CUDA only
     seed: int = 0
@@ -109,6 +111,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip!r}")
         if not isinstance(self.bn_init_images, int) or self.bn_init_images == 1 or self.bn_init_images < 0:
             raise ValueError(f"bn_init_images: expected 0 (off) or an int >= 2, got {self.bn_init_images!r}")
+        if self.class_weights is not None and (
+                not isinstance(self.class_weights, (list, tuple))
+                or not all(isinstance(v, (int, float)) and v > 0 for v in self.class_weights)):
+            raise ValueError(f"class_weights: expected None or a list of positive numbers, got {self.class_weights!r}")
         if self.lr <= 0 or self.head_lr_mult <= 0:
             raise ValueError(f"lr, head_lr_mult: expected positive numbers, got {self.lr!r}, {self.head_lr_mult!r}")
         return self

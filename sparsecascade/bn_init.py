@@ -11,6 +11,8 @@ stay frozen as usual, so the cascade's masked computation is unaffected.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -70,4 +72,7 @@ def init_batchnorm_from_data(model: nn.Module, images: torch.Tensor) -> int:
             h.remove()
         model.rho = rho
         model.train(was_training)
+    if not done:
+        warnings.warn("bn_init_images: the model has no BatchNorm (e.g. VGG-16): nothing was initialised; "
+                      "set bn_init_images to 0", stacklevel=2)
     return len(done)

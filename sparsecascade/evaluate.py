@@ -94,16 +94,26 @@ def _sync(device: torch.device) -> None:
 def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=None,
              class_names: Optional[Sequence[str]] = None, ignore_index: int = 255,
              max_images: Optional[int] = None, batch_size: int = 1, workers: int = 0,
-             progress: bool = False) -> EvalResult:
-    """Evaluate ``model`` on ``data`` at ``rho`` (default: the model's own); the model's rho is restored."""
+             progress: bool = False, head: Optional[int] = None) -> EvalResult:
+    """Evaluate ``model`` on ``data`` at ``rho`` (default: the model's own); the model's rho is restored.
+
+    ``head=k`` (1-based) scores stage k's head alone: every pixel stops at stage k (the stages
+    before it run on every pixel, none after it), whatever ``rho``; ``rho`` is then reported as 1.
+    """
     if not isinstance(model, LayerCascade):
         raise TypeError(f"model: expected a LayerCascade, got {type(model).__name__}")
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= model.num_stages):
+        raise ValueError(f"head: expected a stage number in [1, {model.num_stages}], got {head!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     class_names = list(class_names if class_names is not None else getattr(data, "class_names", []))
     saved_rho, was_training = model.rho, model.training
     model.eval()
     if rho is not None:
         model.rho = rho
+    if head is not None:  # every pixel stops at stage ``head``: the stages before it stop none
+        model.rho = 1.0
+        if head < model.num_stages:
+            model.force_stop_fractions([0.0] * (head - 1) + [1.0] + [0.0] * (model.num_stages - 1 - head))
     try:
         cm = stages = None
         seconds, macs, dense, images = 0.0, 0, 0, 0
@@ -142,6 +152,8 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=N
     finally:
         model.rho = saved_rho
         model.train(was_training)
+        if head is not None:
+            model.force_stop_fractions(None)
 
 
 def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, out_dir=None,

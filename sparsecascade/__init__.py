@@ -6,7 +6,7 @@ run on Triton kernels on a GPU and on a gather-GEMM-scatter torch path on a CPU.
 from .ops import ThresholdResult, confidence_threshold, region_conv2d
 from .region import RegionConv2d, active_region, convert_to_region
 from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
-from .factory import create_model, list_models, load_backbone_weights
+from .factory import create_model, list_models, load_backbone_weights, register_cascade
 from . import losses, metrics
 from .evaluate import calibrate_rho
 from .hub import from_pretrained, push_to_hub, save_pretrained
@@ -18,7 +18,7 @@ __all__ = [
     "region_conv2d", "confidence_threshold", "ThresholdResult",
     "RegionConv2d", "active_region", "convert_to_region",
     "LayerCascade", "CascadeOutput", "CascadeTrainOutput", "default_head",
-    "create_model", "list_models", "load_backbone_weights", "losses",
+    "create_model", "list_models", "register_cascade", "load_backbone_weights", "losses",
     "from_pretrained", "save_pretrained", "push_to_hub", "Segmentation", "metrics", "calibrate_rho",
     "__version__",
 ]

@@ -3,10 +3,18 @@
 ``from_pretrained`` resolves a local folder, then a zoo name (weights shipped with the package,
 else its Hub repository), then a Hub repo id; Hub files come from the Hugging Face cache or are
 downloaded, honouring ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``/``HF_HOME`` and ``local_files_only``.
-Weights load strictly: a missing, unexpected or misshapen tensor is an error, never random weights.
+A name that looks like a local path (``./x``, ``~/x``, ``a/b/c``, or ``a/b`` where ``a/`` exists
+here) is only ever a local folder: a typo fails at once, with no Hub request.
+
+Weights are trusted only when they check out: ``save_pretrained`` records the SHA-256 of
+``model.safetensors`` in ``config.json`` (``weights_sha256``) and every load (a local folder, the
+package's shipped weights, a Hub snapshot) compares the file with it; safetensors itself checks only
+the header. Weights load strictly: a missing, unexpected, misshapen or non-finite tensor is an
+error, never random weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,24 +25,41 @@ import torch
 
 from ._atomic import atomic_write, atomic_write_text
 from .cascade import LayerCascade
-from .factory import create_model
+from .factory import create_model, is_registered_cascade, list_models
 from .zoo import ZOO, list_pretrained
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 CONFIG_KEYS = ("architecture", "num_classes", "rho")
+CHECKSUM_KEY = "weights_sha256"  # in config.json: the SHA-256 of model.safetensors
 SHIPPED_DIR = Path(__file__).parent / "weights"  # package data: zoo weights that work offline
 
 
 def model_config(model: LayerCascade) -> dict:
+    """What ``config.json`` records: how to rebuild the model (``create_model`` name and arguments)."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
         raise ValueError(
-            "model: save_pretrained needs a model built by sparsecascade.create_model (it records the "
-            "architecture in model.config); a custom LayerCascade can be saved with torch/safetensors directly"
+            "model: save_pretrained cannot record how to rebuild this LayerCascade (built directly, not by "
+            "sparsecascade.create_model); register its builder with @sparsecascade.register_cascade and build it "
+            "with sparsecascade.create_model(name, num_classes, ...), or save model.state_dict() with safetensors"
         )
+    config = {k: v for k, v in config.items() if k != CHECKSUM_KEY}
+    try:
+        json.dumps(config)
+    except TypeError as e:
+        raise ValueError(f"model.config: save_pretrained writes it as JSON, but it holds a value JSON cannot "
+                         f"hold ({e}); build the model with numbers, strings, lists and dicts as arguments") from None
     return {**config, "rho": model.rho}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_pretrained(model: LayerCascade, folder: Union[str, os.PathLike], *, dtype: Optional[torch.dtype] = None,
@@ -50,7 +75,10 @@ def save_pretrained(model: LayerCascade, folder: Union[str, os.PathLike], *, dty
     config = model_config(model)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(save(state, metadata={"format": "pt"})))
+    _check_finite(state, "model" if dtype is None else f"model (cast to {dtype})")
+    data = save(state, metadata={"format": "pt"})
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(data))
+    config[CHECKSUM_KEY] = hashlib.sha256(data).hexdigest()
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(folder / CARD_NAME, model_card(config, results))
     return folder
@@ -110,14 +138,34 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _load_weights(model: LayerCascade, path: Path) -> None:
+def _check_finite(state: dict, where) -> None:
+    """Refuse NaN or infinite weights: they would run, and give wrong labels without a word."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where}: non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                         f"{bad[:5]}{'...' if len(bad) > 5 else ''}; these weights are unusable")
+
+
+def _verify_checksum(path: Path, expected: Optional[str]) -> None:
+    """The file must be the one ``save_pretrained`` wrote (folders saved before checksums: not checked)."""
+    if expected is None:
+        return
+    got = file_sha256(path)
+    if got != expected:
+        raise ValueError(f"{path}: damaged or changed: its SHA-256 is {got[:16]}..., but {CONFIG_NAME} records "
+                         f"{str(expected)[:16]}...; save or download it again")
+
+
+def _load_weights(model: LayerCascade, path: Path, expected_sha256: Optional[str] = None) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _verify_checksum(path, expected_sha256)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: damaged or not a safetensors file ({e}); delete it and download again") from e
+    _check_finite(state, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -132,6 +180,19 @@ def _load_weights(model: LayerCascade, path: Path) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def _build(config: dict, config_path: Path) -> LayerCascade:
+    """The untrained model ``config`` describes: a built-in architecture or a registered builder."""
+    name = config["architecture"]
+    if name not in list_models():
+        raise ValueError(f"{config_path}: unknown architecture {name!r}; a custom model's builder must be "
+                         f"registered (import the module that decorates it with @sparsecascade.register_cascade) "
+                         f"before from_pretrained; known: {list_models()}")
+    if is_registered_cascade(name):
+        return create_model(name, config["num_classes"], rho=config["rho"], **config.get("model_kwargs", {}))
+    return create_model(name, config["num_classes"], rho=config["rho"],
+                        head_channels=config.get("head_channels", 256), **config.get("backbone_kwargs", {}))
+
+
 def load_folder(folder: Path, rho: Optional[float] = None, device=None) -> LayerCascade:
     """Build the model of ``folder/config.json`` and load ``folder/model.safetensors`` into it, strictly."""
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -139,11 +200,11 @@ def load_folder(folder: Path, rho: Optional[float] = None, device=None) -> Layer
         if not p.is_file():
             raise FileNotFoundError(f"{folder}: expected {CONFIG_NAME} and {WEIGHTS_NAME} (from save_pretrained); {p.name} is missing")
     config = _read_config(config_path)
-    model = create_model(config["architecture"], config["num_classes"], rho=config["rho"],
-                         head_channels=config.get("head_channels", 256), **config.get("backbone_kwargs", {}))
-    model.config.update({k: v for k, v in config.items() if k not in ("backbone_kwargs",)})
-    model.mean, model.std = tuple(config.get("mean", model.mean)), tuple(config.get("std", model.std))
-    _load_weights(model, weights_path)
+    model = _build(config, config_path)
+    model.config.update({k: v for k, v in config.items() if k not in ("backbone_kwargs", "model_kwargs", CHECKSUM_KEY)})
+    if "mean" in config and "std" in config:
+        model.mean, model.std = tuple(config["mean"]), tuple(config["std"])
+    _load_weights(model, weights_path, config.get(CHECKSUM_KEY))
     if rho is not None:
         model.rho = rho
     model.eval()
@@ -187,6 +248,8 @@ def from_pretrained(name_or_path: Union[str, os.PathLike], rho: Optional[float] 
     path = Path(text).expanduser()
     if path.is_dir():
         return load_folder(path, rho, device)
+    if revision is None:
+        text = _zoo_name_of_repo_id(text)
     if text in ZOO:
         entry = ZOO[text]
         shipped = SHIPPED_DIR / text
@@ -197,11 +260,44 @@ def from_pretrained(name_or_path: Union[str, os.PathLike], rho: Optional[float] 
                                f"{list_pretrained(trained_only=True) or 'none yet'}")
         folder = _hub_folder(entry.repo_id, revision or entry.revision, cache_dir, bool(local_files_only), token)
         return load_folder(folder, rho, device)
-    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+    if path.exists():
+        raise ValueError(f"name_or_path: {text!r} is a file; expected the folder that holds {CONFIG_NAME} and "
+                         f"{WEIGHTS_NAME} (from save_pretrained)")
+    if looks_like_local_path(text):
+        raise FileNotFoundError(f"name_or_path: no such folder {text!r}{_existing_part(path)}; expected a folder "
+                                f"written by save_pretrained ({CONFIG_NAME} + {WEIGHTS_NAME}) (not tried on the Hub: "
+                                f"it reads as a local path)")
+    if text.count("/") == 1:
         folder = _hub_folder(text, revision, cache_dir, bool(local_files_only), token)
         return load_folder(folder, rho, device)
     raise ValueError(f"name_or_path: {text!r} is neither a folder, a zoo name nor a Hub repo id ('org/name'); "
                      f"the zoo: {list_pretrained()}")
+
+
+def _zoo_name_of_repo_id(text: str) -> str:
+    """A zoo model's Hub repo id (``sparsecascade/lc-resnet18-camvid``) as its zoo name: the shipped
+    weights load offline, and a local folder named like the organisation never shadows it."""
+    return next((name for name, entry in ZOO.items() if entry.repo_id == text), text)
+
+
+def looks_like_local_path(text: str) -> bool:
+    """True for what can only mean a local folder: ``./x``, ``../x``, ``/x``, ``~/x``, a Windows
+    separator, two or more ``/`` (a Hub id has one), or ``a/b`` where the folder ``a`` exists here."""
+    if text.startswith((".", "/", "~")) or "\\" in text or (os.sep != "/" and os.sep in text):
+        return True
+    if text.count("/") > 1:
+        return True
+    return text.count("/") == 1 and Path(text.split("/")[0]).is_dir()
+
+
+def _existing_part(path: Path) -> str:
+    """Where the path stops existing: ``runs/my-modle`` -> " (runs/ exists, but holds no 'my-modle')"."""
+    path = path.expanduser()
+    parent = next((p for p in path.parents if p.is_dir() and str(p) != "."), None)
+    if parent is None:
+        return ""
+    missing = path.relative_to(parent).parts[0]
+    return f" ({parent}{os.sep} exists, but holds no {missing!r})"
 
 
 def push_to_hub(model: LayerCascade, repo_id: str, *, token=None, private: bool = False,

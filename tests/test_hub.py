@@ -119,6 +119,9 @@ def test_damaged_and_mismatched_weights(tiny, tmp_path):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, weights)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())  # an intact file of another model
+    config["weights_sha256"] = hub.file_sha256(weights)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="misshapen.*heads.0.2.weight: expected \\(3, 8, 1, 1\\), got \\(5, 8, 1, 1\\)"):
         sc.from_pretrained(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
@@ -126,10 +129,41 @@ def test_damaged_and_mismatched_weights(tiny, tmp_path):
         sc.from_pretrained(tmp_path / "m")
 
 
-def test_custom_cascade_cannot_be_saved_by_name(tmp_path):
+def test_custom_cascade_built_directly_says_how_to_save_it(tmp_path):
     model = sc.LayerCascade([torch.nn.Conv2d(3, 4, 1)], [torch.nn.Conv2d(4, 2, 1)])
-    with pytest.raises(ValueError, match="create_model"):
+    with pytest.raises(ValueError, match="cannot record how to rebuild.*register_cascade.*create_model"):
         model.save_pretrained(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def two_stage_test_net(num_classes, width=4):
+    """A custom model as the README registers one: any stages, built by a function."""
+    stages = [torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.ReLU()),
+              torch.nn.Sequential(torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU())]
+    return sc.LayerCascade(stages, num_classes=num_classes, stage_channels=[width, width], head_channels=8)
+
+
+def test_registered_custom_cascade_round_trip(tmp_path, monkeypatch):
+    from sparsecascade import factory
+
+    monkeypatch.setattr(factory, "_CASCADE_BUILDERS", dict(factory._CASCADE_BUILDERS))  # registered for this test
+    assert sc.register_cascade(two_stage_test_net) is two_stage_test_net
+    torch.manual_seed(0)
+    model = sc.create_model("two_stage_test_net", 5, rho=0.7, width=6).eval()
+    assert "two_stage_test_net" in sc.list_models()
+    model.save_pretrained(tmp_path / "custom")
+    config = json.loads((tmp_path / "custom" / "config.json").read_text())
+    assert config["architecture"] == "two_stage_test_net" and config["model_kwargs"] == {"width": 6}
+    loaded = sc.from_pretrained(tmp_path / "custom")
+    assert loaded.rho == 0.7 and same_weights(model, loaded)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits)
+    # a folder whose builder is not registered in this process says what to import
+    config["architecture"] = "unregistered_net"
+    (tmp_path / "custom" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json: unknown architecture 'unregistered_net'.*register_cascade"):
+        sc.from_pretrained(tmp_path / "custom")
 
 
 def test_push_to_hub_uploads_the_saved_folder(tiny, monkeypatch):

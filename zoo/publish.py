@@ -3,8 +3,8 @@
     python zoo/publish.py runs/camvid_lc_resnet18/last.pt --name lc-resnet18-camvid \
         --results runs/camvid_lc_resnet18/eval/rho_sweep.json --dtype float16 [--ship] [--dry-run]
 
-Writes ``zoo/<name>/hub/`` (what the Hub repository holds: config.json, model.safetensors,
-README.md with the measured results), optionally copies it into the package (``--ship``: the
+Writes ``zoo/<name>/hub/`` (what the Hub repository holds: config.json with the SHA-256 of the
+weights, model.safetensors, README.md with the measured results), optionally copies it into the package (``--ship``: the
 weights then load offline), and uploads it to ``sparsecascade/<name>`` when a token and a
 network exist (``--dry-run`` never uploads). Re-running with the same inputs writes identical
 files, and the Hub skips a commit without changes: publishing is idempotent.
@@ -22,7 +22,7 @@ import torch
 
 import sparsecascade as sc
 from sparsecascade._atomic import atomic_write
-from sparsecascade.hub import SHIPPED_DIR, save_pretrained
+from sparsecascade.hub import CHECKSUM_KEY, SHIPPED_DIR, save_pretrained
 
 ZOO_DIR = Path(__file__).resolve().parent
 
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     folder = args.out or ZOO_DIR / args.name / "hub"
     save_pretrained(model, folder, dtype=getattr(torch, args.dtype), results=results)
     size = (folder / "model.safetensors").stat().st_size
-    print(f"wrote {folder} (weights {size / 2**20:.1f} MB)")
+    sha = json.loads((folder / "config.json").read_text())[CHECKSUM_KEY]  # from_pretrained verifies the file by it
+    print(f"wrote {folder} (weights {size / 2**20:.1f} MB, SHA-256 {sha})")
     if args.ship:
         target = SHIPPED_DIR / args.name
         target.mkdir(parents=True, exist_ok=True)

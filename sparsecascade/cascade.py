@@ -185,8 +185,9 @@ class LayerCascade(nn.Module):
         return results, macs
 
     def forward(self, x: torch.Tensor):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"x: expected an image batch (N, 3, H, W), got {getattr(x, 'shape', x)!r}")
+        from .inputs import check_image_batch
+
+        check_image_batch(x, self.stages[0])
         results, macs = self._run(x)
         if self.training:
             ran = [r for r in results if r is not None]

@@ -1,20 +1,25 @@
 """``model.segment(image)``: one image in (path, PIL image or (H, W, 3) uint8 array), labels out.
 
-Applies the model's normalization (and, when its config has ``shortest_edge``, resizes the image
-so that its shorter side has that many pixels: the scale the model was trained at), runs the
-cascade, and returns the labels at the image's own size with the stage map and the per-stage
-stop fractions, plus pictures: ``colorize()``, ``overlay()`` and ``stage_picture()``.
+Reads the image upright (EXIF orientation) as 8-bit RGB whatever its mode (16-bit and float grey
+scaled, palette, CMYK, alpha dropped: ``sparsecascade.data.images``), applies the model's
+normalization (and, when its config has ``shortest_edge``, resizes the image so that its shorter
+side has that many pixels, the scale the model was trained at, with the longer side capped at
+``longest_edge``, by default ``LONGEST_EDGE_RATIO`` times the shorter: a 1 x 400 strip is not blown
+up to 180 x 72000), runs the cascade, and returns the labels at the image's own size with the stage
+map and the per-stage stop fractions, plus pictures: ``colorize()``, ``overlay()`` and ``stage_picture()``.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+LONGEST_EDGE_RATIO = 4  # default cap of the longer side, in units of the shorter one (config "longest_edge")
 STAGE_COLORS = np.array([[0, 0, 0], [46, 204, 113], [241, 196, 15], [231, 76, 60], [52, 152, 219],
                          [155, 89, 182]], dtype=np.uint8)  # stage 1 green, 2 yellow, 3 red, ...
 
@@ -27,24 +32,26 @@ def default_palette(num_classes: int) -> np.ndarray:
 
 
 def load_image(image) -> np.ndarray:
-    """A path, PIL image or (H, W, 3) uint8 array as an (H, W, 3) uint8 RGB array."""
-    from PIL import Image
+    """A path, PIL image (any mode) or uint8 array ((H, W), (H, W, 3) or (H, W, 4)) as (H, W, 3) uint8 RGB."""
+    from PIL import Image, ImageOps
+
+    from .data.images import array_to_rgb, read_image, to_rgb
 
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as im:
-                return np.asarray(im.convert("RGB")).copy()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image: no such file {os.fspath(image)!r}") from None
-        except OSError as e:
-            raise ValueError(f"image: cannot read {os.fspath(image)!r} as an image ({e})") from e
+        return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB")).copy()
+        return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image: expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
-        return image
+        return array_to_rgb(image)
     raise TypeError(f"image: expected a path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+
+
+def inference_size(height: int, width: int, shortest_edge: int, longest_edge: Optional[int] = None) -> tuple[int, int]:
+    """(h, w) with the shorter side ``shortest_edge`` unless the longer one would exceed ``longest_edge``
+    (default ``LONGEST_EDGE_RATIO * shortest_edge``): then the longer side is ``longest_edge``."""
+    longest = longest_edge or LONGEST_EDGE_RATIO * shortest_edge
+    scale = min(shortest_edge / min(height, width), longest / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 @dataclass
@@ -91,10 +98,9 @@ def segment(model, image, rho=None) -> Segmentation:
     config = getattr(model, "config", {}) or {}
     edge = config.get("shortest_edge")  # the scale the model was trained at, as HF image processors say it
     if edge:
-        scale = edge / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        size = inference_size(h, w, edge, config.get("longest_edge"))
         if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
     x = x.contiguous(memory_format=torch.channels_last)
     was_training, old_rho = model.training, model.rho
     model.eval()

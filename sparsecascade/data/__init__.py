@@ -1,4 +1,5 @@
-"""Segmentation data sets (VOC 2012 + SBD, Cityscapes, CamVid) and their joint transforms."""
+"""Segmentation data sets (VOC 2012 + SBD, Cityscapes, CamVid), their joint transforms, and reading
+any image as 8-bit RGB."""
 from .datasets import (
     CAMVID_INFO,
     CITYSCAPES_INFO,
@@ -15,6 +16,7 @@ from .datasets import (
     dataset_class,
     resolve_root,
 )
+from .images import array_to_rgb, read_image, to_rgb
 from .transforms import (
     Compose,
     Normalize,
@@ -31,5 +33,5 @@ __all__ = [
     "SegmentationDataset", "VOCSegmentation", "Cityscapes", "CamVid", "build_dataset", "dataset_class",
     "resolve_root",
     "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "Resize", "Normalize",
-    "train_transform", "eval_transform",
+    "train_transform", "eval_transform", "read_image", "to_rgb", "array_to_rgb",
 ]

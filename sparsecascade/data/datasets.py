@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import read_image
+
 IGNORE_INDEX = 255
 DATA_ENV = "SPARSECASCADE_DATA"
 
@@ -171,8 +173,7 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw sample: RGB uint8 (H, W, 3) and train ids uint8 (H, W)."""
         image_path, label_path = self.pairs[index]
-        with Image.open(image_path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = read_image(image_path, exif=False)  # labels are drawn on the stored pixels, not the EXIF view
         with Image.open(label_path) as lab:
             raw = np.asarray(lab)
         if raw.ndim != 2:

@@ -17,23 +17,29 @@ Resuming is exact: the data order (DistributedSampler's seeded shuffle, resumed 
 augmentation (seeded per sample) and label dropout (seeded per step) are functions of the seed and
 the step, and a checkpoint holds model, optimizer, scheduler, scaler, step, sampler position and
 the RNG states. On a CPU a killed and resumed run ends with the weights of an uninterrupted one,
-bit for bit; on a GPU up to the non-determinism of its kernels.
+bit for bit; on a GPU up to the non-determinism of its kernels. Resuming is also safe: each checkpoint
+carries a checksum, the one before it is kept as ``previous.pt``, and a damaged ``last.pt`` falls
+back to it (with a warning); ``train`` into a folder holding a run needs ``resume`` or ``overwrite``.
+A run whose loss turns non-finite or explodes stops itself (``TrainingDiverged``).
 
 Data parallel: launch with torchrun (``WORLD_SIZE`` etc. in the environment); gloo on a CPU, NCCL on
-GPUs. ``batch_size`` is the global batch, split evenly over the processes.
+GPUs. ``batch_size`` is the global batch, split evenly over the processes; each stage's loss is the
+mean over the labelled pixels of the global batch, so N processes train as one.
 
 Modules: ``config`` (TrainConfig and its validation), ``phases`` (the phases, their losses and the
 poly rate), ``builders`` (model, data, optimizer), ``distributed`` (process group, device, resumable
-sampler), ``checkpoint`` (saving, restoring and loading), ``loop`` (``train``).
+sampler, the global loss), ``checkpoint`` (saving, verifying, restoring and loading), ``divergence``
+(stopping a diverging run), ``loop`` (``train``).
 """
 from __future__ import annotations
 
 from .builders import (build_model, build_train_data, make_optimizer, median_frequency_weights, model_normalization,
                        new_layer_names)
-from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LOG_NAME, atomic_save, load_checkpoint,
-                         load_trained_model, rng_state, set_rng_state)
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LOG_NAME, PREVIOUS_NAME, CheckpointError, ResumeWarning,
+                         atomic_save, load_checkpoint, load_latest_intact, load_trained_model, rng_state, set_rng_state)
 from .config import LC_DROP_RATIOS, MODES, TrainConfig, drop_ratios_from_stop_fractions, eval_rho
 from .distributed import DistContext, ResumableSampler, init_distributed, resolve_device
+from .divergence import DivergenceGuard, TrainingDiverged
 from .loop import TrainResult, train
 from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_trainable
 
@@ -44,6 +50,7 @@ __all__ = [
     "median_frequency_weights",
     "DistContext", "init_distributed", "resolve_device", "ResumableSampler",
     "atomic_save", "rng_state", "set_rng_state", "load_checkpoint", "load_trained_model",
-    "CHECKPOINT_NAME", "LOG_NAME", "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME", "PREVIOUS_NAME", "LOG_NAME", "CHECKPOINT_FORMAT", "CheckpointError", "ResumeWarning",
+    "load_latest_intact", "DivergenceGuard", "TrainingDiverged",
     "train", "TrainResult",
 ]

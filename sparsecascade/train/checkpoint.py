@@ -1,11 +1,22 @@
-"""Checkpoints: atomic saves, the RNG states, loading (a checkpoint, a trained model), and saving and
-restoring a run (with its log cut back to the checkpoint's step)."""
+"""Checkpoints: atomic saves with a checksum, the previous checkpoint kept beside the latest, the
+RNG states, loading (a checkpoint, a trained model), and saving and restoring a run (with its log
+cut back to the checkpoint's step).
+
+A run's folder holds ``last.pt`` and ``previous.pt`` (the one before it). Each checkpoint carries
+the SHA-256 of its content (``sha256``), so a damaged file (flipped bytes, a cut copy, an empty
+file) is recognised when it is loaded; a resume then falls back to ``previous.pt`` with a one-line
+warning, or refuses when neither is intact: a run never continues from garbage.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import random
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -17,13 +28,58 @@ from .builders import build_model
 from .config import TrainConfig, eval_rho
 
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"
 LOG_NAME = "log.jsonl"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: with the content's checksum; format 1 (no checksum) still loads
+DIGEST_KEY = "sha256"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, damaged, truncated, not weights-only, or foreign."""
+
+
+class ResumeWarning(UserWarning):
+    """A resume that had to fall back to the previous checkpoint."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through ``atomic_write``: a run resumed after a kill finds the old checkpoint or the new one."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content (tensors' dtype, shape and bytes; every other value's repr),
+    in a fixed order: equal for the object saved and the object loaded back, whatever the file layout."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        digest.update(f"dict {len(obj)};".encode())
+        for key in sorted(obj, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__} {len(obj)};".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"{obj!r};".encode())
+
+
+def save_checkpoint(state: dict, path: Path, keep_previous: bool) -> None:
+    """Write ``state`` with its checksum to ``path``; with ``keep_previous``, the file there becomes
+    ``previous.pt`` first (only pass it when that file is known intact: written or verified by this run)."""
+    state = {**state, DIGEST_KEY: state_digest(state)}
+    if keep_previous and path.is_file():
+        os.replace(path, path.with_name(PREVIOUS_NAME))
+    atomic_save(state, path)
 
 
 def rng_state() -> dict:
@@ -47,13 +103,63 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """A training checkpoint, verified: raises a one-line ``CheckpointError`` unless it is intact."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise ValueError(f"checkpoint: {path} is not a sparsecascade training checkpoint (format {CHECKPOINT_FORMAT})")
+    state = _torch_load(path, map_location)
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT) or "model" not in state:
+        raise CheckpointError(f"checkpoint: {path} is not a sparsecascade training checkpoint (format {CHECKPOINT_FORMAT})")
+    recorded = state.pop(DIGEST_KEY, None)
+    if state["format"] >= 2 and recorded != state_digest(state):
+        raise CheckpointError(f"checkpoint: {path} is damaged (its content does not match its checksum)")
     return state
+
+
+def _torch_load(path: Path, map_location) -> Any:
+    """torch.load of tensors and plain containers only; its errors as one line of our own (never torch's
+    advice to retry with weights_only=False: that would run whatever code the file holds)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise CheckpointError(f"checkpoint: {path} holds pickled Python objects, not only tensors; sparsecascade "
+                                  f"loads weights-only checkpoints (loading objects could run code from the file)") from None
+        raise CheckpointError(f"checkpoint: {path} is damaged or not a torch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise CheckpointError(f"checkpoint: {path} is damaged, truncated or not a torch checkpoint "
+                              f"({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(error: BaseException, limit: int = 120) -> str:
+    """The first sentence of an error's message, at most ``limit`` characters."""
+    text = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def load_latest_intact(out_dir: Path) -> tuple[Optional[Path], Optional[dict]]:
+    """The newest intact checkpoint of a run folder: ``last.pt``, else ``previous.pt`` with a
+    ``ResumeWarning``; (None, None) when the folder holds neither; a ``CheckpointError`` naming both
+    when neither is intact."""
+    last, previous = out_dir / CHECKPOINT_NAME, out_dir / PREVIOUS_NAME
+    problems = []
+    for path in (last, previous):
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e).removeprefix("checkpoint: "))
+            continue
+        if path == previous:
+            why = problems[0] if problems else f"{last} is missing (the run was killed while saving)"
+            warnings.warn(f"resume: {why}; resuming from {previous} (step {state['step']})", ResumeWarning,
+                          stacklevel=2)
+        return path, state
+    if problems:
+        raise CheckpointError(f"resume: no intact checkpoint in {out_dir}: {'; '.join(problems)}; "
+                              f"start again with overwrite (--overwrite)")
+    return None, None
 
 
 def load_trained_model(path, device="cpu") -> tuple[LayerCascade, TrainConfig]:
@@ -82,7 +188,7 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _save(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state) -> None:
+def _save(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep_previous: bool) -> None:
     rng = rng_state()
     rngs = [rng]
     if ctx.world_size > 1:  # every process's RNG state (a collective: every rank calls it)
@@ -90,16 +196,16 @@ def _save(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state) -> N
         dist.all_gather_object(rngs, rng)
     if not ctx.is_main:
         return
-    atomic_save(dict(
+    save_checkpoint(dict(
         format=CHECKPOINT_FORMAT, step=step, epoch=step // state["spe"], batch_in_epoch=step % state["spe"],
         config=cfg.to_dict(), num_classes=state["num_classes"], world_size=ctx.world_size,
         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         scaler=scaler.state_dict(), rng=rngs,
-    ), path)
+    ), path, keep_previous)
 
 
-def _restore(path, cfg, ctx, model, optimizer, scheduler, scaler, spe) -> int:
-    state = load_checkpoint(path)
+def _restore(path, state, cfg, ctx, model, optimizer, scheduler, scaler, spe) -> int:
+    """Load a verified checkpoint ``state`` (from ``path``) into the run; returns its step."""
     saved = TrainConfig.from_dict(state["config"]).identity()
     diff = {k: (saved[k], v) for k, v in cfg.identity().items() if saved.get(k) != v}
     if diff:

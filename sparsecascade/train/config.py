@@ -58,9 +58,12 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     progress: bool = True
+    # stop the run when a step's loss exceeds this many times the median of the phase's recent losses
+    # (a non-finite loss always stops it); None: only non-finite losses stop it
+    divergence_ratio: Optional[float] = 10.0
 
     RUN_CONTROL = ("out_dir", "device", "workers", "ckpt_every", "log_every", "progress", "data_root",
-                   "backbone_weights")
+                   "backbone_weights", "divergence_ratio")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -115,6 +118,8 @@ class TrainConfig:
                 not isinstance(self.class_weights, (list, tuple))
                 or not all(isinstance(v, (int, float)) and v > 0 for v in self.class_weights)):
             raise ValueError(f"class_weights: expected None or a list of positive numbers, got {self.class_weights!r}")
+        if self.divergence_ratio is not None and not self.divergence_ratio > 1:
+            raise ValueError(f"divergence_ratio: expected a number > 1 or None, got {self.divergence_ratio!r}")
         if self.lr <= 0 or self.head_lr_mult <= 0:
             raise ValueError(f"lr, head_lr_mult: expected positive numbers, got {self.lr!r}, {self.head_lr_mult!r}")
         return self

@@ -1,5 +1,10 @@
 """The training loop: ``train``, one optimizer step, entering a phase (DDP re-wrapping), and the
-JSON log lines."""
+JSON log lines.
+
+A run's folder is never overwritten by accident: ``train`` into a folder that holds a run needs
+``resume=True`` (continue it) or ``overwrite=True`` (start it again), and refuses otherwise before
+changing anything. A diverging run stops itself (``divergence``) and keeps its last good checkpoint.
+"""
 from __future__ import annotations
 
 import gc
@@ -8,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,15 +25,21 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_text, remove_stale_temp_files
 from ..bn_init import init_batchnorm_from_data
 from ..cascade import LayerCascade
 from ..data import dataset_class
 from .builders import build_model, build_train_data, make_optimizer
-from .checkpoint import CHECKPOINT_NAME, LOG_NAME, _restore, _save, _truncate_log
+from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, PREVIOUS_NAME, ResumeWarning, _restore, _save, _truncate_log,
+                         load_latest_intact)
 from .config import TrainConfig, eval_rho
-from .distributed import DistContext, ResumableSampler, _Keyed, init_distributed, resolve_device
-from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_trainable
+from .distributed import (DistContext, ResumableSampler, _Keyed, broadcast_from_main, global_mean_loss,
+                          gradient_strides, init_distributed, resolve_device, unused_parameters_term)
+from .divergence import DivergenceGuard, TrainingDiverged
+from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_trainable, stage_terms
+
+CONFIG_NAME = "config.json"
+RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME, LOG_NAME)  # their presence marks a folder as holding a run
 
 
 @dataclass
@@ -67,23 +79,48 @@ class _Meter:
 
 
 def train(cfg: TrainConfig, *, model: Optional[LayerCascade] = None, train_data: Optional[Dataset] = None,
-          resume: bool = False, stop_after: Optional[int] = None) -> TrainResult:
+          resume: bool = False, overwrite: bool = False, stop_after: Optional[int] = None) -> TrainResult:
     """Train ``cfg`` (see the package docstring). ``model`` / ``train_data`` replace the ones the
-    config names; ``resume`` continues from ``<out_dir>/last.pt`` when it exists; ``stop_after``
-    ends this run (with a checkpoint) once that many steps are done in total."""
+    config names; ``resume`` continues from the newest intact checkpoint of ``out_dir`` (``last.pt``,
+    else ``previous.pt``) when there is one; ``overwrite`` starts a run in a folder that holds one
+    (without either, that is an error); ``stop_after`` ends this run (with a checkpoint) once that
+    many steps are done in total."""
     cfg.validate()
+    if resume and overwrite:
+        raise ValueError("resume, overwrite: pass one of them (continue the run, or start it again), not both")
     ctx = init_distributed(cfg.device)
     try:
-        return _train(cfg, ctx, model, train_data, resume, stop_after)
+        return _train(cfg, ctx, model, train_data, resume, overwrite, stop_after)
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
+def existing_run(out_dir: Path) -> list[str]:
+    """The files that mark ``out_dir`` as holding a run (empty: a new run may start there)."""
+    return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
+def _refuse_existing_run(out_dir: Path, ctx: DistContext) -> None:
+    found = existing_run(out_dir) if ctx.is_main else None
+    found = broadcast_from_main(ctx, found)  # rank 0 decides: the others may see rank 0's new files
+    if found:
+        raise ValueError(f"out_dir: {out_dir} already holds a run ({', '.join(found)}); continue it with --resume "
+                         f"(resume=True) or start it again from step 0 with --overwrite (overwrite=True)")
+
+
+def _remove_run_files(out_dir: Path) -> None:
+    """A new run in ``out_dir``: no checkpoint or log line of an earlier run may stay."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainResult:
     device = resolve_device(cfg.device, ctx)
     out_dir = Path(cfg.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
+    if not resume and not overwrite:
+        _refuse_existing_run(out_dir, ctx)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size % ctx.world_size:
@@ -113,9 +150,11 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
         raise ValueError(f"batch_size: {cfg.batch_size} is larger than the data set ({len(train_data)} samples "
                          f"over {ctx.world_size} processes)")
 
-    step = 0
-    if resume and ckpt_path.is_file():
-        step = _restore(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, spe)
+    step = saved_step = 0
+    resumed_from, checkpoint = _resumable(out_dir, ctx) if resume else (None, None)
+    if checkpoint is not None:
+        step = saved_step = _restore(resumed_from, checkpoint, cfg, ctx, model, optimizer, scheduler, scaler, spe)
+        del checkpoint
     elif cfg.bn_init_images:
         # the first images of epoch 0's order, the same on every process (seeded by the seed alone)
         order = ResumableSampler(train_data, 1, 0, cfg.seed, 0)
@@ -129,12 +168,14 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
             raise ValueError(f"resume: the processes start from steps {steps}; {ckpt_path} must be on "
                              f"storage that every process (every machine) sees")
     if ctx.is_main:
-        for stale in out_dir.glob(f".{CHECKPOINT_NAME}.tmp*"):  # left by a run killed while saving
-            stale.unlink()
-        if step == 0 and log_path.exists():
-            log_path.unlink()  # a fresh run: a new log
+        if resumed_from is None:
+            _remove_run_files(out_dir)  # a fresh run (overwrite, or resume of a folder without a checkpoint)
+        for name in RUN_FILES + (CONFIG_NAME,):
+            remove_stale_temp_files(out_dir / name)  # left by a run killed while saving (.<name>.<random>.tmp)
         _truncate_log(log_path, step)
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # last.pt becomes previous.pt at the next save only when it is known intact (written or verified here)
+    keep_previous = resumed_from == ckpt_path
 
     end = cfg.steps if stop_after is None else min(cfg.steps, max(stop_after, step))
     state = dict(num_classes=num_classes, spe=spe)
@@ -144,6 +185,7 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
 
         bar = tqdm(total=cfg.steps, initial=step, desc=cfg.mode, dynamic_ncols=True)
     meter, last_loss = _Meter(), math.nan
+    guard = DivergenceGuard(cfg.divergence_ratio)
     phase, net = None, model
     loader_kw = dict(batch_size=per_rank, drop_last=True, num_workers=cfg.workers,
                      pin_memory=device.type == "cuda")
@@ -157,23 +199,30 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
                     net = None
                     gc.collect()  # the previous DDP wrapper's hooks go with it
                     net = _enter_phase(model, phase, ctx, device)
+                    guard.reset()
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (logged)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    out, loss = _optimizer_step(model, net, phase, images.to(device, non_blocking=True),
-                                                labels.to(device, non_blocking=True), optimizer, scaler, cfg,
-                                                step, ctx.rank)
+                try:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        out, last_loss = _optimizer_step(model, net, phase, images.to(device, non_blocking=True),
+                                                         labels.to(device, non_blocking=True), optimizer, scaler,
+                                                         cfg, step, ctx, guard)
+                except TrainingDiverged as e:
+                    raise _diverged(e, step + 1, phase, cfg, ckpt_path, saved_step) from None
                 scheduler.step()
                 step += 1
-                last_loss = float(loss)
                 trained_on = [float(r.float().mean()) for r in out.regions]  # a skipped stage: 0
                 meter.add(last_loss, per_rank * ctx.world_size,
                           trained_on + [0.0] * (model.num_stages - len(trained_on)))
                 if step % cfg.log_every == 0 or step == end:
-                    _log(log_path, bar, meter, step, phase, lr, ctx)
+                    _log(log_path, bar, meter, step, phase, lr, ctx, device)
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.ckpt_every == 0 or step == end:
-                    _save(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, step, state)
+                    if not _weights_finite(model):
+                        raise _diverged(TrainingDiverged("the weights hold NaN or inf"), step, phase, cfg,
+                                        ckpt_path, saved_step)
+                    _save(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep_previous)
+                    keep_previous, saved_step = True, step
                 if step >= end:
                     break
     finally:
@@ -184,22 +233,52 @@ def _train(cfg, ctx, model, train_data, resume, stop_after) -> TrainResult:
     return TrainResult(model, step, step >= cfg.steps, out_dir, ckpt_path, last_loss, ctx.rank)
 
 
-def _optimizer_step(model, net, phase, images, labels, optimizer, scaler, cfg, step, rank):
-    """Forward (under the caller's autocast), the phase's loss, backward, optional clipping, SGD step."""
+def _resumable(out_dir: Path, ctx: DistContext):
+    """(path, state) of the newest intact checkpoint, or (None, None); the fallback warning once."""
+    with warnings.catch_warnings():
+        if not ctx.is_main:
+            warnings.simplefilter("ignore", ResumeWarning)
+        return load_latest_intact(out_dir)
+
+
+def _optimizer_step(model, net, phase, images, labels, optimizer, scaler, cfg, step, ctx, guard):
+    """Forward (under the caller's autocast), the phase's loss, the divergence check, backward, optional
+    clipping, SGD step. Returns the output and the loss over all processes."""
     optimizer.zero_grad(set_to_none=True)
     out = net(images)
     with torch.autocast(images.device.type, enabled=False):  # the loss and backward in full precision
-        loss = phase_loss(phase, out, labels, cfg, step, rank)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: the {phase.name} loss is {loss.item()}; "
-                                     f"lower lr (now {cfg.lr}), set grad_clip, or check the labels")
+        loss, value = _step_loss(model, phase, out, labels, cfg, step, ctx)
+        guard.check(value)  # the same value on every process: all stop at the same step
         scaler.scale(loss).backward()
         if cfg.grad_clip is not None:  # on the true gradients (unscaled), already reduced over processes
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-    return out, loss.detach()
+    return out, value
+
+
+def _step_loss(model, phase, out, labels, cfg, step, ctx) -> tuple[torch.Tensor, float]:
+    """(the loss to back-propagate, its value over the global batch); with several processes, each
+    stage's mean is over the labelled pixels of all of them (``distributed.global_mean_loss``)."""
+    if ctx.world_size == 1:
+        loss = phase_loss(phase, out, labels, cfg, step, ctx.rank)
+        return loss, float(loss.detach())
+    terms = stage_terms(phase, out, labels, cfg, step, ctx.rank)
+    loss, value = global_mean_loss(terms, model.num_stages, ctx)
+    return loss + unused_parameters_term(model, len(out.stage_logits)), value
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
+def _diverged(error: TrainingDiverged, step: int, phase: Phase, cfg: TrainConfig, ckpt_path: Path,
+              saved_step: int) -> TrainingDiverged:
+    kept = (f"the last good checkpoint is {ckpt_path} (step {saved_step})" if saved_step
+            else "no checkpoint was written")
+    return TrainingDiverged(f"training diverged at step {step} ({phase.name}): {error}; stopped, and {kept}; "
+                            f"lower lr (now {cfg.lr:g}) or set grad_clip, then train again")
 
 
 def _enter_phase(model: LayerCascade, phase: Phase, ctx: DistContext, device) -> nn.Module:
@@ -209,9 +288,11 @@ def _enter_phase(model: LayerCascade, phase: Phase, ctx: DistContext, device) ->
     set_trainable(model, phase)
     if ctx.world_size == 1:
         return model
-    # Frozen parts (requires_grad False) are not DDP's concern; a parameter is unused only when the
-    # cascade stops every pixel of this process's batch before its stage (rho < 1).
-    kw = dict(find_unused_parameters=phase.rho < 1.0)
+    # Frozen parts (requires_grad False) are not DDP's concern; the parameters of a stage that ran on no
+    # pixel of this process's batch get zero gradients through ``unused_parameters_term``: every
+    # trainable parameter has a gradient at every step, so DDP needs no search for unused ones.
+    gradient_strides(model)
+    kw = dict(find_unused_parameters=False)
     # frozen BN: the buffers never change, so there is nothing to sync at each forward
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         kw["forward_sync_buffers"] = False
@@ -220,9 +301,14 @@ def _enter_phase(model: LayerCascade, phase: Phase, ctx: DistContext, device) ->
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **kw)
 
 
-def _log(path: Path, bar, meter: _Meter, step: int, phase: Phase, lr: float, ctx: DistContext) -> None:
+def _log(path: Path, bar, meter: _Meter, step: int, phase: Phase, lr: float, ctx: DistContext, device) -> None:
     """One JSON line (rank 0): steps done, phase, the last step's backbone lr, the mean loss, images
-    per second (all processes) and the share of pixels each stage was trained on, since the last line."""
+    per second (all processes) and the share of pixels each stage was trained on, since the last line;
+    loss and shares are those of the global batch (every process calls this: a collective)."""
+    if ctx.world_size > 1 and meter.regions is not None:  # each process's shares over as many pixels
+        regions = torch.from_numpy(meter.regions).to(device)  # NCCL reduces device tensors only
+        dist.all_reduce(regions)
+        meter.regions = regions.cpu().numpy() / ctx.world_size
     if not ctx.is_main:
         meter.reset()
         return

@@ -16,12 +16,18 @@ Data parallel, one machine or several (``--out`` on storage every machine sees, 
 A subcommand is an entry of ``COMMANDS``: name -> ``Command(help, add_arguments, run)``, where
 ``add_arguments(parser)`` declares its options and ``run(args)`` does the work and returns an exit
 status. ``register_command`` adds one (``segment``, ``list``, ``bench`` ...).
+
+Errors a user can cause (a bad option, a missing file, a damaged checkpoint, a configuration the
+library refuses) print one line to stderr, ``sparsecascade <command>: error: ...``, and exit with
+status 2; a diverged training run exits with 1; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -48,6 +54,51 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _probabilities(text: str) -> list[float]:
+    values = _floats(text)
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; CUDA only where this torch has it."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU build" if torch.version.cuda is None else "sees no GPU"
+        raise argparse.ArgumentTypeError(f"CUDA is not available (torch {torch.__version__} {why}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def _json_object(text: str) -> dict:
@@ -81,15 +132,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--mode", default=S, choices=["plain", "dsn", "dsn_dropout", "model_cascade", "lc"],
                    metavar="MODE", help="lc (default), plain, dsn, dsn_dropout, model_cascade")
-    g.add_argument("--rho", type=float, default=S, metavar="R", help="cascade threshold (default 0.985)")
+    g.add_argument("--rho", type=_probability, default=S, metavar="R", help="cascade threshold (default 0.985)")
     g.add_argument("--dsn-steps", dest="dsn_steps", type=int, default=S, metavar="N",
                    help="lc: DSN initial-training steps (default steps/2)")
     g.add_argument("--drop-ratios", dest="drop_ratios", type=_floats, default=S, metavar="R1,R2,R3",
                    help="dsn_dropout: per-stage label drop (default 0,0.23,0.52)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=S, metavar="N")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=S, metavar="N", help="global, over all processes")
-    g.add_argument("--lr", type=float, default=S, metavar="X", help="base learning rate (poly decay)")
+    g.add_argument("--steps", type=_positive_int, default=S, metavar="N")
+    g.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=S, metavar="N",
+                   help="global, over all processes")
+    g.add_argument("--lr", type=_positive_float, default=S, metavar="X", help="base learning rate (poly decay)")
     g.add_argument("--head-lr-mult", dest="head_lr_mult", type=float, default=S, metavar="X",
                    help="heads' lr multiplier (default 10)")
     g.add_argument("--momentum", type=float, default=S, metavar="X")
@@ -100,13 +152,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S, metavar="N")
     g = p.add_argument_group("run")
     g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="checkpoint, log.jsonl, config.json")
-    g.add_argument("--device", default=S, metavar="DEV", help="auto (default), cpu, cuda")
+    g.add_argument("--device", type=_device, default=S, metavar="DEV", help="auto (default), cpu, cuda")
     g.add_argument("--workers", type=int, default=S, metavar="N", help="data-loading processes")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
-    g.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, metavar="N")
-    g.add_argument("--log-every", dest="log_every", type=int, default=S, metavar="N")
+    g.add_argument("--ckpt-every", dest="ckpt_every", type=_positive_int, default=S, metavar="N")
+    g.add_argument("--log-every", dest="log_every", type=_positive_int, default=S, metavar="N")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
-    g.add_argument("--resume", action="store_true", help="continue from DIR/last.pt when it exists")
+    g.add_argument("--resume", action="store_true", help="continue the run in DIR (last.pt, else previous.pt)")
+    g.add_argument("--overwrite", action="store_true", help="start again from step 0 in a DIR that holds a run")
     g.add_argument("--stop-after", dest="stop_after", type=int, metavar="N",
                    help="end this run (checkpointed) after step N")
 
@@ -135,7 +188,7 @@ def train_config_from_args(args: argparse.Namespace):
     values = {}
     if args.recipe:
         values.update(TrainConfig.from_json(args.recipe).to_dict())
-    skip = {"recipe", "resume", "stop_after", "threads", "command", "func"}
+    skip = {"recipe", "resume", "overwrite", "stop_after", "threads", "debug", "command", "func"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     return TrainConfig.from_dict(values)
 
@@ -145,7 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = train_config_from_args(args)
     _set_threads(args.threads)
-    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after)
     if result.rank == 0:
         status = "finished" if result.finished else "stopped"
         print(f"{status} at step {result.step}/{cfg.steps}; checkpoint {result.checkpoint}")
@@ -161,14 +214,16 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="voc, cityscapes, camvid (default: the training data set)")
     p.add_argument("--data-root", dest="data_root", metavar="DIR", help="default: as in training / env vars")
     p.add_argument("--split", default="val", metavar="NAME", help="default: val")
-    p.add_argument("--rho", type=float, metavar="R", help="default: 1 for plain/dsn/dsn_dropout, else the training rho")
-    p.add_argument("--rhos", type=_floats, metavar="R1,R2,...", help="sweep: table (CSV, JSON) and plot (PNG)")
-    p.add_argument("--budget", type=float, metavar="X", help="calibrate: best mIoU with cost <= budget over --rhos")
+    p.add_argument("--rho", type=_probability, metavar="R",
+                   help="default: 1 for plain/dsn/dsn_dropout, else the training rho")
+    p.add_argument("--rhos", type=_probabilities, metavar="R1,R2,...", help="sweep: table (CSV, JSON) and plot (PNG)")
+    p.add_argument("--budget", type=_positive_float, metavar="X",
+                   help="calibrate: best mIoU with cost <= budget over --rhos")
     p.add_argument("--budget-kind", dest="budget_kind", choices=["macs", "ms"], default="macs", metavar="KIND",
                    help="macs: share of dense MACs; ms: ms per image")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (labels stay full size)")
-    p.add_argument("--max-images", dest="max_images", type=int, metavar="N")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu, cuda")
+    p.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), help="resize images (labels stay full size)")
+    p.add_argument("--max-images", dest="max_images", type=_positive_int, metavar="N")
+    p.add_argument("--device", type=_device, default="auto", metavar="DEV", help="auto (default), cpu, cuda")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
     p.add_argument("--out", metavar="DIR", help="where results go (default: beside the checkpoint, eval/)")
@@ -192,8 +247,8 @@ def run_eval(args: argparse.Namespace) -> int:
         from .hub import from_pretrained
 
         if not args.dataset:
-            raise SystemExit("eval: --pretrained needs --dataset (voc, cityscapes or camvid)")
-        model = from_pretrained(args.pretrained, device=device)
+            raise ValueError("--dataset: --pretrained needs it (voc, cityscapes or camvid)")
+        model = _load_model(args.pretrained, "--pretrained", device=device)
         dataset, data_root, default_out = args.dataset, args.data_root, Path("eval")
     mean, std = model_normalization(model)
     data = build_dataset(dataset, args.split, data_root, transform=eval_transform(mean, std, args.size))
@@ -234,13 +289,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("--model", default="lc-resnet18-camvid", help="zoo name, Hub repo id or save_pretrained folder")
-    p.add_argument("--rho", type=float, help="confidence threshold (default: the model's)")
+    p.add_argument("--rho", type=_probability, help="confidence threshold in [0, 1] (default: the model's)")
     p.add_argument("--out", default="segment_out", metavar="DIR", help="where the PNGs go (default segment_out)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda")
 
 
 def expand_images(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> (image paths, problems)."""
+    """Files, folders (their images, sorted) and globs -> (image paths, each file once; problems)."""
     import glob
 
     found, problems = [], []
@@ -260,31 +315,68 @@ def expand_images(items: list[str]) -> tuple[list[Path], list[str]]:
             found.append(path)
         else:
             problems.append(f"{item}: no such file or folder")
-    return found, problems
+    unique = {}
+    for path in found:  # a file named twice (a folder and a glob, a/../a/x.png) is processed once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values()), problems
+
+
+def output_stems(images: list[Path]) -> list[Path]:
+    """Per image, the stem of its outputs under --out, one per image: its file stem; where stems clash,
+    its path from the clashing images' common folder (a/x.png, b/x.png -> a/x, b/x); where that still
+    clashes, the extension too (y.png, y.jpg -> y_png, y_jpg); then a number."""
+    import os
+    from collections import Counter
+
+    resolved = [p.resolve() for p in images]
+    stems = [Path(p.stem) for p in resolved]
+    for stem, n in Counter(stems).items():
+        if n > 1:
+            group = [i for i, other in enumerate(stems) if other == stem]
+            base = Path(os.path.commonpath([resolved[i].parent for i in group]))
+            for i in group:
+                stems[i] = resolved[i].relative_to(base).with_suffix("")
+    counts = Counter(stems)
+    for i, stem in enumerate(stems):
+        if counts[stem] > 1:
+            stems[i] = stem.with_name(f"{stem.name}_{resolved[i].suffix.lstrip('.')}")
+    taken: set = set()
+    for i, stem in enumerate(stems):
+        n, unique = 1, stem
+        while unique in taken:
+            n += 1
+            unique = stem.with_name(f"{stem.name}_{n}")
+        stems[i] = unique
+        taken.add(unique)
+    return stems
+
+
+def _load_model(name: str, option: str, **kwargs):
+    """from_pretrained, its errors naming the option the name came from."""
+    from .hub import from_pretrained
+
+    try:
+        return from_pretrained(name, **kwargs)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ValueError(f"{option}: {str(e).removeprefix('name_or_path: ')}") from e
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from . import from_pretrained
-
-    try:
-        model = from_pretrained(args.model, rho=args.rho, device=args.device)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"sparsecascade segment: cannot load --model {args.model}: {e}", file=sys.stderr)
-        return 2
+    model = _load_model(args.model, "--model", rho=args.rho, device=args.device)
     images, problems = expand_images(args.images)
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
-    for path in images:
+    for path, name in zip(images, output_stems(images)):
         try:
             result = model.segment(path)
         except (ValueError, OSError) as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failed += 1
             continue
-        stem = out / path.stem
+        stem = out / name
+        stem.parent.mkdir(parents=True, exist_ok=True)
         result.colorize().save(f"{stem}_labels.png")
         result.overlay().save(f"{stem}_overlay.png")
         result.stage_picture().save(f"{stem}_stages.png")
@@ -330,14 +422,28 @@ class _Formatter(argparse.HelpFormatter):
     def __init__(self, prog):
         super().__init__(prog, max_help_position=30, width=110)
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``prog: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help: the options)\n")
+
+
+# what a user's input can cause: one line, not a traceback (anything else is a bug: a traceback)
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparsecascade", description="Deep Layer Cascade semantic segmentation.",
         epilog="'sparsecascade <command> --help' for a command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
     for name, cmd in COMMANDS.items():
-        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help, formatter_class=_Formatter,
-                                         usage=f"sparsecascade {name} [options]"))
+        command = sub.add_parser(name, help=cmd.help, description=cmd.help, formatter_class=_Formatter,
+                                 usage=f"sparsecascade {name} [options]")
+        cmd.add_arguments(command)
+        command.add_argument("--debug", action="store_true", help="on an error, show its traceback")
     return parser
 
 
@@ -347,7 +453,53 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(COMMANDS[args.command].run(args) or 0)
+    prog = f"sparsecascade {args.command}"
+    try:
+        with _one_line_warnings(prog):
+            return int(COMMANDS[args.command].run(args) or 0)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return _exit_status(e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_status(error: BaseException) -> int:
+    """1 for a run that failed (a diverged training), 2 for what the user can fix."""
+    from .train.divergence import TrainingDiverged
+
+    return 1 if isinstance(error, TrainingDiverged) else 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line; one that sparsecascade did not raise (torch's, Pillow's ...)
+    also says its type and where the traceback is."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if not _raised_here(error):
+        text = f"{type(error).__name__}: {text} (--debug: the traceback)"
+    return text
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in this package."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).parent)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prog: str):
+    """Warnings as ``prog: warning: message``, one line each (Python's format adds the source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import sparsecascade as sc
+from test_train import camvid_tiny  # noqa: F401 (a fixture)
 
 
 def run(*args, cwd=None):
@@ -81,3 +82,126 @@ def test_bench_runs_a_benchmark(tmp_path):
                  "--shapes", "1x1 1088->192", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["results"][0]["fraction"] == 0.5
+
+
+# -- every user error: one line on stderr, exit status 2, no traceback (issue 14, item 5) -----------------
+def cli_main(capsys, *argv):
+    """The command in this process: (exit status, stdout, stderr)."""
+    from sparsecascade import cli
+
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("sparsecascade ") and ": error: " in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_out_of_range_rho_names_the_option_subprocess():
+    result = run("segment", "x.png", "--rho", "1.5")
+    assert_one_line_error(result.returncode, result.stderr, "argument --rho: expected a number in [0, 1], got '1.5'")
+
+
+def test_train_configuration_errors_are_one_line(capsys, tmp_path):
+    assert_one_line_error(*cli_main(capsys, "train", "--rho", "1.5")[::2], "--rho")
+    assert_one_line_error(*cli_main(capsys, "train", "--steps", "0")[::2], "--steps", "positive")
+    code, _, err = cli_main(capsys, "train", "--dataset", "camvid", "--data-root", str(tmp_path / "absent"),
+                            "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert_one_line_error(code, err, "absent/train: expected the train images")
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent"):
+        cli_main(capsys, "train", "--data-root", str(tmp_path / "absent"), "--out", str(tmp_path / "r"), "--debug")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_device_cuda_without_cuda(capsys):
+    for argv in (["segment", "x.png"], ["eval", "--pretrained", "x", "--dataset", "camvid"], ["train"]):
+        assert_one_line_error(*cli_main(capsys, *argv, "--device", "cuda")[::2],
+                              "argument --device: CUDA is not available", "use --device cpu")
+
+
+def test_a_mistyped_local_model_fails_at_once(capsys, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("the Hub was asked"))
+    code, _, err = cli_main(capsys, "segment", "x.png", "--model", "runs/my-modle")
+    assert_one_line_error(code, err, "--model: no such folder 'runs/my-modle'", "not tried on the Hub")
+    assert "cache" not in err
+
+
+def test_damaged_weights_are_refused_by_segment(capsys, model_folder, tmp_path):
+    import shutil
+
+    from test_integrity import flip_data_bytes
+
+    folder = Path(shutil.copytree(model_folder, tmp_path / "m"))
+    flip_data_bytes(folder / "model.safetensors")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    code, out, err = cli_main(capsys, "segment", str(tmp_path / "a.png"), "--model", str(folder),
+                              "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "model.safetensors: damaged or changed")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_a_pickle_without_torchs_advice(capsys, tmp_path):
+    torch.save({"format": 2, "model": {}, "thing": Path("x")}, tmp_path / "last.pt")
+    code, _, err = cli_main(capsys, "eval", "--checkpoint", str(tmp_path / "last.pt"))
+    assert_one_line_error(code, err, "last.pt holds pickled Python objects")
+    assert "weights_only" not in err
+
+
+def test_train_into_an_existing_run_refuses(capsys, tmp_path):
+    from test_train import make_camvid_fixture
+
+    data = make_camvid_fixture(tmp_path / "data", n_train=4, n_val=1)
+    argv = ["train", "--model", "test_train:tiny_cascade", "--dataset", "camvid", "--data-root", str(data),
+            "--crop-size", "32", "32", "--batch-size", "2", "--steps", "2", "--out", str(tmp_path / "run"),
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert cli_main(capsys, *argv)[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    code, _, err = cli_main(capsys, *argv)
+    assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    code, out, _ = cli_main(capsys, *argv, "--overwrite")
+    assert code == 0 and "finished at step 2/2" in out
+
+
+def test_a_diverged_run_ends_in_one_line(capsys, camvid_tiny, tmp_path):
+    argv = ["train", "--model", "test_integrity:nan_cascade", "--dataset", "camvid", "--data-root", str(camvid_tiny),
+            "--crop-size", "32", "32", "--batch-size", "4", "--steps", "6", "--mode", "dsn",
+            "--out", str(tmp_path / "run"), "--workers", "0", "--no-progress", "--device", "cpu", "--ckpt-every", "1"]
+    code, _, err = cli_main(capsys, *argv)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "error: training diverged at step 3" in err and "last.pt (step 2)" in err
+
+
+# -- segment: one output name per input, each file once --------------------------------------------------
+def test_segment_never_writes_two_inputs_to_one_name(capsys, model_folder, tmp_path):
+    from sparsecascade.cli import output_stems
+
+    rng = np.random.default_rng(1)
+    for rel in ("a/x.png", "b/x.png", "c/y.png", "c/y.jpg", "c/z.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((16, 24, 3)) * 255).astype(np.uint8)).save(tmp_path / rel)
+    images = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), str(tmp_path / "c"),
+              str(tmp_path / "c" / "*.png"), str(tmp_path / "a" / ".." / "a" / "x.png")]  # overlapping
+    code, out, err = cli_main(capsys, "segment", *images, "--model", str(model_folder), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert out.count("decided at stages") == 5  # each file once
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*_labels.png"))
+    assert written == ["a/x_labels.png", "b/x_labels.png", "y_jpg_labels.png", "y_png_labels.png", "z_labels.png"]
+    assert output_stems([Path("c/y.png"), Path("c/y.jpg"), Path("c/y_png.gif")]) == [Path("y_png"), Path("y_jpg"),
+                                                                                     Path("y_png_2")]

@@ -1,9 +1,10 @@
-"""Test configuration: Triton's interpreter and the hypothesis profiles.
+"""Test configuration: Triton's interpreter, the hypothesis profiles, and where CamVid is.
 
 TRITON_INTERPRET must be set before anything decorates a Triton kernel, so it is set here,
 before the tests import sparsecascade: the Triton kernels then run on CPU tensors.
 """
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -22,6 +23,13 @@ settings.register_profile("thorough", parent=settings.get_profile("ci"), max_exa
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def camvid_root() -> Path:
+    """Where the tests on real CamVid files read it: $SPARSECASCADE_CAMVID, else ../shared/data/camvid
+    beside the repository (as the README says); the tests skip, saying so, where it is absent."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+    return Path(os.environ.get("SPARSECASCADE_CAMVID") or default).expanduser()
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,9 @@ from sparsecascade.data import (
     CamVid, Cityscapes, Normalize, RandomCrop, RandomHorizontalFlip, RandomScale, Resize, VOCSegmentation,
     build_dataset, eval_transform, resolve_root, train_transform, VOC_INFO, CITYSCAPES_INFO, CAMVID_INFO,
 )
+from conftest import camvid_root
 
-CAMVID = Path(os.environ.get("SPARSECASCADE_CAMVID") or Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid")
+CAMVID = camvid_root()
 
 
 @pytest.fixture(autouse=True)
@@ -304,3 +305,16 @@ def test_train_transform_is_a_function_of_the_rng():
     c = t(image, label, np.random.default_rng([0, 1, 3]))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
     assert a[0].shape == (3, 16, 16) and a[1].shape == (16, 16)
+
+
+def test_every_camvid_test_reads_the_environment_variable(tmp_path):
+    """The README: the CamVid tests read $SPARSECASCADE_CAMVID (else ../shared/data/camvid)."""
+    import subprocess
+    import sys
+
+    code = ("import test_data, test_models, test_zoo_camvid; "
+            "print(test_data.CAMVID, test_models.CAMVID, test_zoo_camvid.CAMVID)")
+    env = dict(os.environ, SPARSECASCADE_CAMVID=str(tmp_path / "elsewhere"), PYTHONPATH=str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "elsewhere")] * 3

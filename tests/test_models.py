@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import sparsecascade as sc
+from conftest import camvid_root
 
 SMALL = {"lc_resnet18": {}, "lc_resnet50": dict(layers=(1, 1, 1, 1)), "lc_resnet101": dict(layers=(1, 1, 2, 1)),
          "lc_vgg16": {}, "lc_irnet": dict(blocks=(1, 2, 1))}
@@ -102,7 +103,7 @@ def test_cascade_runs_under_autocast():
     assert (out.labels == reference.labels).float().mean() > 0.9
 
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+CAMVID = camvid_root()
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")

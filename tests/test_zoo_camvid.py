@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 import sparsecascade as sc
+from conftest import camvid_root
 from sparsecascade.hub import SHIPPED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "lc-resnet18-camvid"
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
+CAMVID = camvid_root()
 RESULTS = REPO / "zoo" / NAME / "results"
 OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE="/nonexistent-cache")
 

@@ -8,7 +8,7 @@ of a pixel is the logits of the stage where it stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .ops import confidence_threshold
 from . import region_blocks  # noqa: F401  (registers the fused converters of the built-in blocks)
 from .models.frozen_bn import freeze_batchnorm
-from .region import EXECUTION_BACKENDS, active_region, convert_to_region, resample_mask
+from .region import (EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region,
+                     mark_dense_modules, resample_mask)
 
 
 @dataclass
@@ -58,7 +59,9 @@ class LayerCascade(nn.Module):
     (3x3 conv + ReLU + 1x1 conv) is built for each stage from ``stage_channels`` and ``num_classes``.
     ``rho`` (settable) is the confidence at which a pixel stops; ``rho >= 1`` stops nothing before the
     last stage (the deeply supervised network). Stages and heads are converted in place by
-    ``convert_to_region``: called directly they still compute densely.
+    ``convert_to_region``: called directly they still compute densely. A layer that cannot run
+    exactly on a region is refused here, naming its path (``stages.1.0.norm``); ``dense_modules``
+    (module types, or such paths) runs those densely with their output masked instead.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class LayerCascade(nn.Module):
         num_classes: Optional[int] = None,
         stage_channels: Optional[Sequence[int]] = None,
         head_channels: int = 256,
+        dense_modules: Sequence[Union[type, str]] = (),
     ):
         super().__init__()
         if len(stages) < 1:
@@ -82,10 +86,17 @@ class LayerCascade(nn.Module):
             heads = [default_head(c, num_classes, head_channels) for c in stage_channels]
         if len(heads) != len(stages):
             raise ValueError(f"heads: expected one head per stage ({len(stages)}), got {len(heads)}")
-        # BatchNorm is frozen (the paper's choice: batches of large maps are small), so that it is a
-        # constant affine map that the region convolutions fold into their epilogue.
-        self.stages = nn.ModuleList(convert_to_region(freeze_batchnorm(s)) for s in stages)
-        self.heads = nn.ModuleList(convert_to_region(freeze_batchnorm(h)) for h in heads)
+        self.stage_channels = None if stage_channels is None else [int(c) for c in stage_channels]
+        self.stages = nn.ModuleList(stages)
+        self.heads = nn.ModuleList(heads)
+        # Refuse what cannot run exactly on a region before changing anything (a BatchNorm without
+        # running statistics must be seen before freezing). BatchNorm is then frozen (the paper's
+        # choice: batches of large maps are small), so that it is a constant affine map that the
+        # region convolutions fold into their epilogue.
+        mark_dense_modules(self, dense_modules)
+        check_region_convertible(self)
+        freeze_batchnorm(self, exclude=[m for m in self.modules() if getattr(m, "_sparsecascade_dense", False)])
+        convert_to_region(self)
         self.rho = rho
         self.backend = "auto"
         self._dense_macs_cache: dict = {}
@@ -157,24 +168,49 @@ class LayerCascade(nn.Module):
         r = confidence_threshold(logits, self._rho, active, backend=backend)
         return r.stop, r.next_active
 
+    def _stage(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """Stage k on ``features``, its output checked against what the cascade expects of it."""
+        out = self.stages[k](features)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"stages: stages[{k}] must return one feature map (N, C, h, w) tensor, got {got}")
+        if self.stage_channels is not None and out.shape[1] != self.stage_channels[k]:
+            raise ValueError(f"stage_channels: stage_channels[{k}] = {self.stage_channels[k]}, but stages[{k}] "
+                             f"returns {out.shape[1]} channels")
+        return out
+
+    def _head(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        logits = self.heads[k](features)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise TypeError(f"heads: heads[{k}] must return class logits (N, C, h, w), got {got}")
+        return logits
+
     def _run(self, x: torch.Tensor):
-        """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages, and MACs."""
+        """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages, the
+        executed MACs, and per stage the dense MACs of its convolutions (None for skipped stages)."""
         features = x
         active = None  # None: every pixel (stage 1)
         macs = 0
-        results = []
-        for k, (stage, head) in enumerate(zip(self.stages, self.heads)):
+        results, dense_macs = [], []
+        for k in range(self.num_stages):
             last = k == self.num_stages - 1
             if active is not None and not bool(active.any()):
                 results.append(None)  # no pixel left anywhere in the batch: the stage is not run
+                dense_macs.append(None)
                 continue
-            with active_region(active, self.backend) as region:
-                features = stage(features)
-                if active is not None and tuple(active.shape[-2:]) != tuple(features.shape[-2:]):
-                    active = resample_mask(active, tuple(features.shape[-2:]))
-                    region.mask = active
-                logits = head(features)
-            macs += region.macs
+            if k > 0 and torch.is_grad_enabled() and features.requires_grad:
+                # head k-1 saved these features for its backward: an in-place layer at the start of
+                # stage k (nn.ReLU(inplace=True)) must not modify them
+                features = features.clone()
+            with active_region(active, self.backend) as stage_region:
+                features = self._stage(k, features)
+            if active is not None and tuple(active.shape[-2:]) != tuple(features.shape[-2:]):
+                active = resample_mask(active, tuple(features.shape[-2:]))
+            with active_region(active, self.backend) as head_region:
+                logits = self._head(k, features)
+            macs += stage_region.macs + head_region.macs
+            dense_macs.append(stage_region.dense_macs + head_region.dense_macs)
             region_mask = active if active is not None else torch.ones(
                 logits.shape[0], *logits.shape[-2:], dtype=torch.bool, device=logits.device)
             with torch.no_grad():
@@ -182,16 +218,19 @@ class LayerCascade(nn.Module):
             if not last and bool(active.all()):
                 active = None  # nothing stopped: the next stage runs densely, without masks
             results.append((logits, region_mask, stop))
-        return results, macs
+        return results, macs, dense_macs
 
     def forward(self, x: torch.Tensor):
         from .inputs import check_image_batch
 
         check_image_batch(x, self.stages[0])
-        results, macs = self._run(x)
+        results, macs, dense_macs = self._run(x)
         if self.training:
             ran = [r for r in results if r is not None]
             return CascadeTrainOutput([r[0] for r in ran], [r[1] for r in ran])
+        key = tuple(x.shape)
+        if key not in self._dense_macs_cache and None not in dense_macs:
+            self._dense_macs_cache[key] = dense_macs  # every stage ran: its convolutions saw every shape
         return self._assemble(x, results, macs)
 
     def _assemble(self, x, results, macs) -> CascadeOutput:
@@ -222,20 +261,23 @@ class LayerCascade(nn.Module):
     def stage_dense_macs(self, x: torch.Tensor) -> list[int]:
         """Per stage, the MACs of stage k and head k on every pixel for an input shaped like ``x``.
 
-        Counted by running the network on fake tensors (shapes only, no arithmetic), once per shape.
+        Taken, once per shape, from the shapes the convolutions see: in a forward where every stage
+        ran, or else in a pass over ``x`` with an empty active set (no region convolution computes;
+        strided convolutions and poolings do). User code in a stage runs on real tensors.
         """
         key = tuple(x.shape)
         if key not in self._dense_macs_cache:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
             per_stage = []
-            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-                features = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-                for stage, head in zip(self.stages, self.heads):
-                    with active_region(None, "dense") as region:
-                        features = stage(features)
-                        head(features)
-                    per_stage.append(region.macs)
+            features = x
+            with torch.no_grad():
+                for k in range(self.num_stages):
+                    nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
+                    with active_region(nothing, "torch") as stage_region:
+                        features = self._stage(k, features)
+                    nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
+                    with active_region(nothing, "torch") as head_region:
+                        self._head(k, features)
+                    per_stage.append(stage_region.dense_macs + head_region.dense_macs)
             self._dense_macs_cache[key] = per_stage
         return list(self._dense_macs_cache[key])
 

@@ -91,7 +91,8 @@ def conv_cases(draw, max_channels=20, max_size=12, max_batch=3, dtypes=(torch.fl
 
 
 def dense_reference(case: ConvCase, x=None, weight=None, bias=None, residual=None, dtype=torch.float64):
-    """DESIGN.md section 2 computed densely: where(mask, act(r + s * ((conv + b) * scale + shift)), r or 0)."""
+    """DESIGN.md section 2 computed densely, layer by layer: the conv (and its frozen-BN affine) masked,
+    then the residual and the activation: act(r + s * where(mask, (conv + b) * scale + shift, 0))."""
     x = case.x if x is None else x
     weight = case.weight if weight is None else weight
     bias = case.bias if bias is None else bias
@@ -102,12 +103,12 @@ def dense_reference(case: ConvCase, x=None, weight=None, bias=None, residual=Non
         y = y * cast(case.scale)[:, None, None]
     if case.shift is not None:
         y = y + cast(case.shift)[:, None, None]
+    y = torch.where(case.mask[:, None], y, torch.zeros((), dtype=dtype))
     if residual is not None:
         y = cast(residual) + case.res_scale * y
     if case.relu:
         y = torch.relu(y)
-    outside = torch.zeros((), dtype=dtype) if residual is None else cast(residual)
-    return torch.where(case.mask[:, None], y, outside)
+    return y
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:

@@ -80,9 +80,10 @@ def test_hand_computed(backend):
     assert labels.shape == (1, 1, 3)
 
 
-def test_ties_pick_the_first_class():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_pick_the_first_class(backend):
     logits = torch.zeros(1, 4, 2, 2)
-    r = sc.confidence_threshold(logits, 0.25)  # 1/4 is exact in fp32: confidence >= rho holds
+    r = sc.confidence_threshold(logits, 0.25, backend=backend)  # 1/4 is exact in fp32: confidence >= rho holds
     assert (r.labels == 0).all()
     torch.testing.assert_close(r.confidence, torch.full((1, 2, 2), 0.25))
     assert r.stop.all()

@@ -4,7 +4,8 @@ For each conv shape of the LC backbones and each active fraction f, times in one
 ``dense`` (F.conv2d on channels_last input, the best dense baseline), ``region`` (what
 ``region_conv2d`` runs for the device: "auto") and, on a CPU, ``region_gather`` (the
 gather-GEMM-scatter path at every fraction, backend="torch"). Ratios are region / dense;
-``mac_ratio`` = f is the arithmetic floor.
+``mac_ratio`` is the share of the dense MACs that ``region`` executed, counted by the op from the
+rows it handed to its kernel (f, the arithmetic floor, unless it ran the dense convolution).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ..ops import region_conv2d
+from ..ops import count_macs, region_conv2d
 from .timing import coherent_mask, measure_all_ms, measure_ms, write_results
 
 # (name, C_in, C_out, KH, KW, padding): convolutions of the LC backbones at output stride 8.
@@ -60,8 +61,11 @@ def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, d
                     ms = {name: measure_ms(fn, device=device) for name, fn in fns.items()}
                 else:  # interleaved rounds, best of reps: robust to other processes on the CPU
                     ms = {name: min(t) for name, t in measure_all_ms(fns, reps=reps).items()}
+                with torch.no_grad(), count_macs() as executed:
+                    region_conv2d(x, w, b, mask, pad, backend="auto")
+                dense_macs = mask.numel() * c_out * c_in * kh * kw
                 row = dict(shape=name, batch=n, size=size, dtype=str(dtype).replace("torch.", ""), fraction=f,
-                           mac_ratio=round(mask.float().mean().item(), 4), dense_ms=round(ms["dense"], 3),
+                           mac_ratio=round(executed.macs / dense_macs, 4), dense_ms=round(ms["dense"], 3),
                            pass_="forward+backward" if backward else "forward")
                 for provider in providers:
                     row[f"{provider}_ms"] = round(ms[provider], 3)

@@ -10,6 +10,8 @@ Buffer names are those of :class:`torch.nn.BatchNorm2d` (``weight``, ``bias``,
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -78,17 +80,23 @@ class FrozenBatchNorm2d(nn.Module):
         return out
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
+def freeze_batchnorm(module: nn.Module, exclude: Iterable[nn.Module] = ()) -> nn.Module:
     """Replace every ``nn.BatchNorm2d`` / ``nn.SyncBatchNorm`` in ``module`` (recursively, in
     place) with a :class:`FrozenBatchNorm2d` carrying the same statistics and affine values.
 
     Returns the module (a new ``FrozenBatchNorm2d`` if ``module`` itself is a batch norm).
-    Already frozen layers are left alone.
+    Already frozen layers, and the modules in ``exclude`` with everything inside them, are left alone.
     """
+    return _freeze(module, {id(m) for m in exclude})
+
+
+def _freeze(module: nn.Module, excluded: set[int]) -> nn.Module:
+    if id(module) in excluded:
+        return module
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         return FrozenBatchNorm2d.from_batchnorm(module)
     for name, child in list(module.named_children()):
-        new = freeze_batchnorm(child)
+        new = _freeze(child, excluded)
         if new is not child:
             setattr(module, name, new)
     return module

@@ -1,15 +1,24 @@
 """``region_conv2d``: a stride-1 convolution computed only at the active output pixels.
 
     region_conv2d(x, w, b, m)                     == where(m, conv2d(x, w, b), 0)
-    region_conv2d(x, w, b, m, residual=r, ...)    == where(m, act(r + s * conv), r)
+    region_conv2d(x, w, b, m, residual=r, ...)    == act(r + s * where(m, conv, 0))
+
+(outside the mask: ``act(r)``, the residual passed through the block's activation, exactly as
+the unfused ``act(r + s * region_conv2d(...))`` computes it).
 
 This file holds the argument checks, the layout conversion (NCHW API, NHWC kernels), the
-backend dispatch and the autograd formula. The op is registered with ``torch.library`` so
-that ``torch.compile`` keeps it as one opaque node (no graph break), forward and backward.
+backend dispatch, the autograd formula and the MAC count. The op is registered with
+``torch.library`` so that ``torch.compile`` keeps it as one opaque node (no graph break),
+forward and backward.
+
+MACs: inside ``count_macs()``, every forward adds the multiply-accumulates of the rows it hands
+to a kernel (the active rows), or of every output pixel when it runs the dense convolution.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +30,34 @@ from ._backend import resolve_backend, triton_region_conv
 # masks it: gathering every receptive field costs more than the arithmetic it saves
 # (measured by `python -m sparsecascade.bench kernels`: the gather path is ~1.5x dense at f = 1).
 DENSE_FALLBACK_FRACTION = 0.8
+
+
+class MacCount:
+    """Multiply-accumulates executed inside one ``count_macs()`` block."""
+
+    def __init__(self) -> None:
+        self.macs = 0
+
+
+_MAC_COUNTS: contextvars.ContextVar[tuple[MacCount, ...]] = contextvars.ContextVar("sparsecascade_macs", default=())
+
+
+@contextlib.contextmanager
+def count_macs() -> Iterator[MacCount]:
+    """Count the MACs the convolutions run in this block execute (forward only); blocks nest."""
+    count = MacCount()
+    token = _MAC_COUNTS.set(_MAC_COUNTS.get() + (count,))
+    try:
+        yield count
+    finally:
+        _MAC_COUNTS.reset(token)
+
+
+def record_macs(rows: int, weight_shape: Sequence[int]) -> None:
+    """Add ``rows`` output pixels of a (C_out, C_in, KH, KW) convolution to every open ``count_macs()``."""
+    c_out, c_in, kh, kw = weight_shape
+    for count in _MAC_COUNTS.get():
+        count.macs += int(rows) * c_out * c_in * kh * kw
 
 
 def _pair(value, argument: str) -> tuple[int, int]:
@@ -119,8 +156,8 @@ def _kernel_backend(backend: str, device: torch.device) -> str:
 
 
 def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu):
-    """The dense convolution (frozen-BN affine folded into its weights), the epilogue in place, then
-    the mask: for dense active sets."""
+    """The dense convolution (frozen-BN affine folded into its weights), the mask, then the residual
+    and the activation in place: for dense active sets."""
     if scale is not None:
         weight = weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         bias = None if bias is None else bias * scale.to(bias.dtype)
@@ -128,15 +165,14 @@ def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scal
         bias = shift.to(weight.dtype) if bias is None else bias + shift.to(bias.dtype)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight,
                  None if bias is None else bias.to(weight.dtype), padding=tuple(padding), dilation=tuple(dilation))
+    y.masked_fill_(~mask[:, None], 0)
     if residual is not None:
         if res_scale != 1.0:
             y.mul_(res_scale)
         y.add_(residual)
     if relu:
         y.relu_()
-    if residual is None:
-        return y.masked_fill_(~mask[:, None], 0).contiguous(memory_format=torch.channels_last)
-    return torch.where(mask[:, None], y, residual).contiguous(memory_format=torch.channels_last)
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
@@ -160,6 +196,7 @@ def _region_conv2d_op(
     epilogue = dict(bias=contiguous(bias), scale=contiguous(scale), shift=contiguous(shift),
                     res_scale=res_scale, relu=relu)
     if _use_dense(backend, idx.numel(), mask.numel()):
+        record_macs(mask.numel(), weight.shape)
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)
     # (KH, KW, C_in, C_out); the torch twin takes the view as it is (free for a channels_last weight)
@@ -169,6 +206,8 @@ def _region_conv2d_op(
     out_shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     if residual is None:
         result = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
+    elif relu:  # outside the mask: relu(residual); the kernel overwrites the active rows
+        result = torch.relu(residual).contiguous(memory_format=torch.channels_last)
     else:
         result = residual.clone(memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)
@@ -178,6 +217,7 @@ def _region_conv2d_op(
         forward, w_khwc = triton_region_conv()[0], w_khwc.contiguous()
     if idx.numel():
         forward(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
+        record_macs(idx.numel(), weight.shape)
     return result
 
 
@@ -218,10 +258,11 @@ def _region_conv2d_backward_op(
     # Each unneeded result is its own empty tensor: custom ops may not return aliases.
     empty = lambda: x.new_empty(0)  # noqa: E731
     grad_residual = empty()
-    if has_residual:  # identity outside the mask, d(act(r + s*y))/dr inside
-        grad_residual = g_nhwc.clone()
-        grad_residual.view(-1, c_out).index_copy_(0, idx, g_rows.to(x.dtype))
-        grad_residual = grad_residual.permute(0, 3, 1, 2)
+    if has_residual:  # d act(r + s * where(m, y, 0)) / dr: relu'(out) everywhere, or the identity
+        if relu:
+            grad_residual = (g_nhwc * (out.permute(0, 2, 3, 1) > 0)).permute(0, 3, 1, 2)
+        else:
+            grad_residual = g_nhwc.clone().permute(0, 3, 1, 2)
     g_conv = g_rows * res_scale
     if scale is not None:
         g_conv = g_conv * scale.to(acc)
@@ -303,12 +344,13 @@ def region_conv2d(
     res_scale: float = 1.0,
     relu: bool = False,
 ) -> torch.Tensor:
-    """Convolution computed only where ``mask`` is True; zeros (or ``residual``) elsewhere.
+    """Convolution computed only where ``mask`` is True; zeros (or ``act(residual)``) elsewhere.
 
-    Equals ``torch.where(mask[:, None], act(residual + res_scale * ((conv2d(input, weight, bias) * scale
-    + shift)), residual)`` with absent terms dropped (no residual: zeros outside the mask, and
-    ``conv2d(...) * mask[:, None]`` for finite inputs). Stride 1 only; ``padding`` and ``dilation``
-    as in ``F.conv2d`` (int or pair). ``mask`` is a bool ``(N, H_out, W_out)`` tensor.
+    Equals ``act(residual + res_scale * torch.where(mask[:, None], (conv2d(input, weight, bias) * scale
+    + shift), 0))`` with absent terms dropped (``act`` is ReLU if ``relu``, else the identity; no
+    residual: zeros outside the mask, and ``conv2d(...) * mask[:, None]`` for finite inputs).
+    Stride 1 only; ``padding`` and ``dilation`` as in ``F.conv2d`` (int or pair). ``mask`` is a bool
+    ``(N, H_out, W_out)`` tensor.
 
     ``scale``/``shift`` (per output channel) fold a frozen BatchNorm and receive no gradient.
     ``backend``: "auto" (Triton on CUDA; on a CPU the torch path, which runs the dense conv when more

@@ -1,0 +1,183 @@
+"""Mutation check: every mutation below, applied to a fresh copy of the package, must fail a test.
+
+    python tests/mutations.py                       # all mutations; prints  mutation | tests that failed
+    python tests/mutations.py --only dilation       # those whose name contains "dilation"
+    python tests/mutations.py --out tests/mutations_table.md
+
+Each mutation replaces one exact piece of text (it must occur exactly once in its file, or the
+script stops: a mutation that no longer applies is a bug here, never a silent pass) in a copy of
+the package, kernels, tests and examples made under a temporary folder, then runs the tests named
+for it there. The unmutated copy runs every named test first: they must all pass. Slow (minutes):
+not part of the normal suite.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("sparsecascade", "kernels", "tests", "examples", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the repository root
+
+
+CONVERTERS = "tests/test_converters.py"
+SKIP = "tests/test_region_skip.py"
+CONFIDENCE = "tests/test_confidence.py"
+
+MUTATIONS = [
+    Mutation("Bottleneck converter: residual add removed", "sparsecascade/region_blocks.py",
+             "return self.conv3(self.conv2(self.conv1(x)), residual=identity)",
+             "return self.conv3(self.conv2(self.conv1(x)))", (CONVERTERS,)),
+    Mutation("Inception-ResNet converters: residual scale ignored", "sparsecascade/region_blocks.py",
+             "res_scale=float(m.scale)", "res_scale=1.0", (CONVERTERS,)),
+    Mutation("every region conv runs dense (_use_dense always true)", "sparsecascade/ops/region_conv.py",
+             'return backend == "dense" or (backend == "torch-auto" and active > DENSE_FALLBACK_FRACTION * total)',
+             "return True", (SKIP,)),
+    Mutation("folded BatchNorm: shift dropped", "sparsecascade/region.py",
+             "return scale, self.bias - self.running_mean * scale", "return scale, torch.zeros_like(scale)",
+             (CONVERTERS,)),
+    Mutation("region path ignores dilation (torch kernel taps)", "kernels/region_conv/geometry.py",
+             "iy = oy[:, None] - self.pad_h + ky[None, :] * self.dil_h",
+             "iy = oy[:, None] - self.pad_h + ky[None, :]", (CONVERTERS,)),
+    Mutation("region path ignores dilation (Triton kernel taps)", "kernels/region_conv/triton_common.py",
+             "iy = oy - pad_h + ky * dil_h", "iy = oy - pad_h + ky",
+             (f"{CONVERTERS}::test_converted_module_equals_masked_original_triton",
+              "tests/test_triton_kernels.py::test_forward_matches_twin_and_dense")),
+    Mutation("mask resampling between resolutions off by one pixel", "sparsecascade/region.py",
+             "m = F.adaptive_max_pool2d(m, size)", "m = F.adaptive_max_pool2d(F.pad(m, (1, 0, 1, 0))[..., :-1, :-1], size)",
+             (CONVERTERS,)),
+    Mutation("cascade_loss: stage k not restricted to its region", "sparsecascade/losses.py",
+             "_stage_loss(l, target, r, ignore_index", "_stage_loss(l, target, None, ignore_index",
+             ("tests/test_train.py::test_losses_hand_computed",)),
+    Mutation("threshold: > instead of >= (torch twin)", "kernels/confidence/torch_twin.py",
+             "stop = confidence >= rho", "stop = confidence > rho", (CONFIDENCE,)),
+    Mutation("threshold: > instead of >= (Triton kernel)", "kernels/confidence/triton_kernel.py",
+             "stop = act & (conf >= rho)", "stop = act & (conf > rho)", (CONFIDENCE,)),
+    Mutation("confidence without the softmax (torch twin)", "kernels/confidence/torch_twin.py",
+             "conf = 1.0 / torch.exp(sel - top[:, None]).sum(dim=1)", "conf = top", (CONFIDENCE,)),
+    Mutation("confidence without the softmax (Triton kernel)", "kernels/confidence/triton_kernel.py",
+             "conf = 1.0 / tl.where(act, total, 1.0)", "conf = tl.where(act, run_max, 0.0)", (CONFIDENCE,)),
+    Mutation("MACs of the dense fallback counted from the mask", "sparsecascade/ops/region_conv.py",
+             "record_macs(mask.numel(), weight.shape)", "record_macs(int(mask.sum()), weight.shape)", (SKIP,)),
+    Mutation("fused residual + ReLU: outside the region the residual is not activated",
+             "sparsecascade/ops/region_conv.py", "    elif relu:  # outside the mask", "    elif False:  # outside the mask",
+             (CONVERTERS,)),
+    Mutation("stage input handed to an in-place layer", "sparsecascade/cascade.py",
+             "features = features.clone()", "features = features", ("tests/test_cascade.py",)),
+    Mutation("GroupNorm accepted without dense_modules", "sparsecascade/region.py",
+             "SPATIAL_NORMS = (nn.GroupNorm, ", "SPATIAL_NORMS = (", ("tests/test_cascade.py",)),
+]
+
+
+def make_copy(root: Path) -> Path:
+    """The package, kernels, tests and examples under ``root``; ``sparsecascade.kernels`` resolves to
+    the copied ``kernels/`` (the editable install maps it to the original one)."""
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+        else:
+            shutil.copy2(src, root / name)
+    (root / "sparsecascade" / "kernels").symlink_to(Path("..") / "kernels")
+    return root
+
+
+def occurs(text: str, mutation: Mutation) -> None:
+    count = text.count(mutation.old)
+    if count != 1:
+        raise SystemExit(f"mutation {mutation.name!r}: its text occurs {count} times in {mutation.path}, expected once: "
+                         f"{mutation.old!r}")
+
+
+def apply(mutation: Mutation, root: Path) -> None:
+    path = root / mutation.path
+    text = path.read_text()
+    occurs(text, mutation)
+    path.write_text(text.replace(mutation.old, mutation.new))
+
+
+def run_tests(root: Path, tests, maxfail: int) -> tuple[list[str], str]:
+    """(ids of the failed tests, pytest's last lines) for ``tests`` run in the copy at ``root``."""
+    report = root / "junit.xml"
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    check = subprocess.run([sys.executable, "-c", "import sparsecascade, sparsecascade.kernels as k; "
+                            "print(sparsecascade.__file__); print(k.__file__)"],
+                           cwd=root, env=env, capture_output=True, text=True)
+    if check.returncode or any(not line.startswith(str(root)) for line in check.stdout.split()):
+        raise SystemExit(f"the copy at {root} does not import itself: {check.stdout} {check.stderr}")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--maxfail={maxfail}",
+                           f"--junitxml={report}", *tests], cwd=root, env=env, capture_output=True, text=True)
+    failed = []
+    if report.exists():
+        for case in ET.parse(report).iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                module = case.get("classname", "").rsplit(".", 1)[-1]
+                failed.append(f"{module}::{case.get('name')}")
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    if not failed and proc.returncode not in (0, 1):  # collection error, crash: nothing ran
+        failed.append(f"(pytest exit {proc.returncode})")
+    return failed, tail
+
+
+def summarise(failed: list[str], shown: int = 3) -> str:
+    if not failed:
+        return "**none: not caught**"
+    more = f" (+{len(failed) - shown} more)" if len(failed) > shown else ""
+    return ", ".join(f"`{t}`" for t in failed[:shown]) + more
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=[], help="run the mutations whose name contains one of these")
+    parser.add_argument("--maxfail", type=int, default=5, help="stop a mutation's tests after this many failures")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or any(o.lower() in m.name.lower() for o in args.only)]
+    if not chosen:
+        raise SystemExit(f"--only: no mutation matches {args.only}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sparsecascade-mutations-") as tmp:
+        tests = sorted({t for m in chosen for t in m.tests})
+        for m in chosen:  # every mutation must apply to the current code before anything runs
+            occurs((REPO / m.path).read_text(), m)
+        baseline = make_copy(Path(tmp) / "baseline")
+        failed, tail = run_tests(baseline, tests, maxfail=1000)
+        print(f"unmutated: {'ok' if not failed else failed}  [{tail.splitlines()[-1] if tail else ''}]", flush=True)
+        if failed:
+            raise SystemExit(f"the unmutated copy fails {failed}: fix that first\n{tail}")
+        for i, m in enumerate(chosen):
+            root = make_copy(Path(tmp) / f"m{i}")
+            apply(m, root)
+            failed, tail = run_tests(root, m.tests, args.maxfail)
+            rows.append((m, failed))
+            print(f"{m.name}: {len(failed)} failed  [{tail.splitlines()[-1] if tail else ''}]", flush=True)
+            shutil.rmtree(root)
+    table = ["| mutation | file | tests that failed |", "|---|---|---|"]
+    table += [f"| {m.name} | `{m.path}` | {summarise(failed)} |" for m, failed in rows]
+    text = "\n".join(table)
+    print("\n" + text)
+    if args.out:
+        args.out.write_text(f"# Mutation check\n\n`python tests/mutations.py` (every mutation, maxfail "
+                            f"{args.maxfail}); the unmutated copy passes the same tests.\n\n{text}\n")
+    caught = all(failed for _, failed in rows)
+    print(f"\n{sum(bool(f) for _, f in rows)}/{len(rows)} mutations caught")
+    return 0 if caught else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,7 +119,7 @@ BLOCKS = {
     "vgg16/stage3": (lambda: build_vgg16_largefov_stages(fc_channels=32)[0][2], (1, 512, 5, 6)),
     "resnet18/stage1": (lambda: resnet_stage(BasicBlock, 0), (1, 3, 29, 35)),
     "resnet50/stage2": (lambda: resnet_stage(Bottleneck, 1), (1, 512, 5, 6)),
-    "irnet/stage1": (lambda: build_irnet_stages((1, 1, 1))[0][0], (1, 3, 21, 27)),
+    "irnet/stage1": (lambda: build_irnet_stages((1, 1, 1))[0][0], (1, 3, 17, 19)),
 }
 
 

@@ -142,10 +142,18 @@ def test_each_checkpoint_has_a_checksum_and_the_previous_one_is_kept(camvid_tiny
         assert load_checkpoint(tmp_path / name)["format"] == 2
 
 
+RESUMED = dict(mode="lc", steps=6, dsn_steps=3, rho=0.3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(camvid_tiny, tmp_path_factory) -> dict:
+    """The weights of a run of RESUMED's settings that nothing interrupted."""
+    return train(tiny_config(camvid_tiny, tmp_path_factory.mktemp("full"), **RESUMED)).model.state_dict()
+
+
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty", "missing"])
-def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(damage, camvid_tiny, tmp_path):
-    kw = dict(mode="lc", steps=6, dsn_steps=3, rho=0.3)
-    full = train(tiny_config(camvid_tiny, tmp_path / "full", **kw))
+def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(damage, camvid_tiny, uninterrupted, tmp_path):
+    kw = RESUMED
     out = tmp_path / "split"
     train(tiny_config(camvid_tiny, out, **kw), stop_after=4)
     last = out / "last.pt"
@@ -160,7 +168,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(damage, camvid_
     with pytest.warns(ResumeWarning, match=r"resume: .*last.pt .*; resuming from .*previous.pt \(step 3\)"):
         result = train(tiny_config(camvid_tiny, out, **kw), resume=True)
     assert result.finished
-    for k, v in full.model.state_dict().items():  # exactly the uninterrupted run, from step 3 on
+    for k, v in uninterrupted.items():  # exactly the uninterrupted run, from step 3 on
         assert torch.equal(v, result.model.state_dict()[k]), k
     assert steps_of(out) == {"last.pt": 6, "previous.pt": 5}
 

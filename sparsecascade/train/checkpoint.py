@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -75,11 +76,26 @@ def _feed(digest, obj: Any) -> None:
 
 def save_checkpoint(state: dict, path: Path, keep_previous: bool) -> None:
     """Write ``state`` with its checksum to ``path``; with ``keep_previous``, the file there becomes
-    ``previous.pt`` first (only pass it when that file is known intact: written or verified by this run)."""
+    ``previous.pt`` first (only pass it when that file is known intact: written or verified by this run).
+
+    At every moment ``path`` holds the old checkpoint or the new one, so a kill never leaves it missing."""
     state = {**state, DIGEST_KEY: state_digest(state)}
     if keep_previous and path.is_file():
-        os.replace(path, path.with_name(PREVIOUS_NAME))
+        _link_as_previous(path)
     atomic_save(state, path)
+
+
+def _link_as_previous(path: Path) -> None:
+    """``previous.pt`` := the file at ``path``, atomically: a hard link (a copy where the file system has
+    none) renamed into place; the atomic save that follows replaces ``path`` and leaves this one alone."""
+    previous = path.with_name(PREVIOUS_NAME)
+    tmp = previous.with_name(f".{previous.name}.link.tmp")  # a name remove_stale_temp_files(previous) clears
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, previous)
 
 
 def rng_state() -> dict:
@@ -152,7 +168,7 @@ def load_latest_intact(out_dir: Path) -> tuple[Optional[Path], Optional[dict]]:
             problems.append(str(e).removeprefix("checkpoint: "))
             continue
         if path == previous:
-            why = problems[0] if problems else f"{last} is missing (the run was killed while saving)"
+            why = problems[0] if problems else f"{last} is missing"
             warnings.warn(f"resume: {why}; resuming from {previous} (step {state['step']})", ResumeWarning,
                           stacklevel=2)
         return path, state

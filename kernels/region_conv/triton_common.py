@@ -1,10 +1,26 @@
-"""Triton helpers shared by the region-convolution kernels: where an output pixel's taps read.
+"""Triton helpers shared by the region-convolution kernels and their launchers.
 
-Pixel arithmetic is int32 (the launchers check N*H*W < 2^31, so divisions stay cheap); the row
-offsets they return are int64, since N*H*W*C may exceed 2^31.
+Device side: where an output pixel's taps read (forward, grad-weight) and which output pixel an
+input pixel's tap feeds (grad-input as a gather). Pixel arithmetic is int32 (the launchers check
+N*H*W < 2^31, so divisions stay cheap); every element offset is int64, since N*H*W*C may exceed 2^31.
+
+Host side: the dot precision a dtype gets (TF32 following torch's switch), the autotune key's
+log2(P) bucket, config pruning, and the fixed config used under
+``torch.use_deterministic_algorithms(True)`` (no benchmarking: the same tiles, hence the same
+summation order, in every process).
 """
+from __future__ import annotations
+
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+from .._triton_support import triton_interpreting
+
+# ----------------------------------------------------------------------------------------------
+# device helpers
 
 
 @triton.jit
@@ -30,3 +46,160 @@ def tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW:
     valid = mask_p & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
     row = ((n * H + iy) * W + ix).to(tl.int64)
     return row, valid
+
+
+@triton.jit
+def tap_output_rows(n, iy, ix, live, tap, H_out, W_out, pad_h, pad_w, dil_h, dil_w, KW: tl.constexpr):
+    """The transposed map: the output pixel (int32, linear in N*H_out*W_out) whose tap ``tap`` reads
+    input pixel (n, iy, ix), and whether it lies inside the output map."""
+    ky = tap // KW
+    kx = tap - ky * KW
+    oy = iy + pad_h - ky * dil_h
+    ox = ix + pad_w - kx * dil_w
+    inside = live & (oy >= 0) & (oy < H_out) & (ox >= 0) & (ox < W_out)
+    return (n * H_out + oy) * W_out + ox, inside
+
+
+# ----------------------------------------------------------------------------------------------
+# host helpers
+
+PRECISIONS = ("16bit", "tf32", "ieee")
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 convolutions may use TF32 tensor cores, as ``F.conv2d`` decides on a GPU.
+
+    Follows the cuDNN convolution switch (``torch.backends.cudnn.conv.fp32_precision`` in
+    torch >= 2.9, else ``torch.backends.cudnn.allow_tf32``; True by default): every region-conv
+    kernel, grad-input and grad-weight included, is a convolution, and cuDNN's forward and both
+    backward passes follow that one switch. Read at call time, like torch does.
+    """
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    for level in (conv, cudnn, torch.backends):  # new API: "none" inherits from the parent
+        precision = getattr(level, "fp32_precision", None) if level is not None else None
+        if precision == "tf32":
+            return True
+        if precision == "ieee":
+            return False
+    try:
+        return bool(cudnn.allow_tf32)
+    except RuntimeError:  # mixed legacy/new flags: torch refuses to answer; stay exact
+        return False
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool | None) -> str:
+    """The ``input_precision`` a kernel's ``tl.dot`` gets: "tf32" or "ieee" (fp32 operands only;
+    fp16/bf16 operands always run on tensor cores with fp32 accumulation)."""
+    if dtype != torch.float32:
+        return "ieee"
+    if allow_tf32 is None:
+        allow_tf32 = tf32_enabled()
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def precision_class(dtype: torch.dtype, precision: str) -> str:
+    """Which config list a launch uses: "16bit", "tf32" or "ieee" (fp32 on FMAs)."""
+    return "16bit" if dtype != torch.float32 else precision
+
+
+def p_bucket(p: int) -> int:
+    """The autotune key's row-count bucket: ceil(log2(P)), clamped to [5, 24]. A layer re-tunes once
+    per bucket (batch 1 vs batch 8, a sparse stage vs a dense one), not once per P."""
+    return min(max((max(p, 1) - 1).bit_length(), 5), 24)
+
+
+# ``.maxnreg 255`` (the hardware limit, so no cap): with only Triton's ``.reqntid``, ptxas 12.x/13.x
+# sometimes stops at ~96 registers and spills loop invariants of the FMA (exact fp32) kernels;
+# with an explicit register limit it allocates freely and the spills go (see _aot_check).
+MAXNREG = 255
+
+
+def make_configs(tiles, names: tuple[str, str, str]) -> list[triton.Config]:
+    """Configs from (block0, block1, block2, num_warps, num_stages) tuples."""
+    return [triton.Config(dict(zip(names, t[:3])), num_warps=t[3], num_stages=t[4], maxnreg=MAXNREG) for t in tiles]
+
+
+def interpreter_config(names: tuple[str, str, str], rows_name: str) -> list[triton.Config]:
+    """Under the interpreter one small config: no benchmarking. The interpreter pays per program
+    and per loop iteration, not per element: 32 rows, 64-wide channel blocks. The aligned test
+    channels (64, 256) take the full-tile (EVEN_*) path, the odd ones and 16 the masked one."""
+    return [triton.Config({n: 32 if n == rows_name else 64 for n in names}, num_warps=4, num_stages=1)]
+
+
+def _fits(block: int, extent: int, floor: int) -> bool:
+    """A block no wider than the extent rounded up to a power of two (and at least ``floor``)."""
+    return block <= max(floor, triton.next_power_of_2(max(extent, 1)))
+
+
+ALIGNMENT = 16  # Triton specialises integer arguments divisible by 16: vector loads, cp.async
+
+
+def tile_of(config: triton.Config, names: tuple[str, str, str]) -> tuple[int, int, int, int, int]:
+    return (*(config.kwargs[n] for n in names), config.num_warps, config.num_stages)
+
+
+def prune(configs, *, rows: int, rows_name: str, dims: dict[str, int], unaligned_ok=None) -> list[triton.Config]:
+    """Drop configs whose tiles overhang the problem (a 128-row tile for 40 active pixels, a
+    128-channel block for a 21-class head) and, when a channel count is not a multiple of 16,
+    every config not in ``unaligned_ok`` (a predicate): unaligned channels load element by
+    element, and the big tiles then run out of registers (see _aot_check). Keeps at least one."""
+    if unaligned_ok is not None and any(v % ALIGNMENT for v in dims.values()):
+        configs = [c for c in configs if unaligned_ok(c)] or configs
+    kept = [
+        c for c in configs
+        if _fits(c.kwargs[rows_name], rows, 32) and all(_fits(c.kwargs[k], v, 16) for k, v in dims.items())
+    ]
+    if kept:
+        return kept
+    return [min(configs, key=lambda c: c.kwargs[rows_name] * _prod(c.kwargs[k] for k in dims))]
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: small, but > 1 so that tests exercise split reductions
+
+
+def deterministic() -> bool:
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def fixed_config(configs, ctas, device: torch.device) -> triton.Config:
+    """The config used without benchmarking (deterministic mode): the first config in list order
+    (largest tiles first) that still gives every SM a program, else the one with most programs.
+    A pure function of the shapes and the GPU: every run sums in the same order."""
+    target = num_sms(device)
+    for c in configs:
+        if ctas(c) >= target:
+            return c
+    return max(reversed(configs), key=ctas)  # ties: the smallest tile
+
+
+# SPARSECASCADE_TRITON_CONFIG: "autotune" (default): benchmark the pruned configs once per key;
+# "fixed": the ``fixed_config`` rule, no benchmarking (GPU test runs: one compile per kernel
+# variant instead of one per config); an integer k: the k-th pruned config (modulo their count),
+# used to compile every config in parallel processes before an autotuning run (validate.py).
+CONFIG_ENV = "SPARSECASCADE_TRITON_CONFIG"
+
+
+def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.device) -> None:
+    """Run an autotuned kernel; in deterministic mode (autotuning picks by timing, so the tiles and
+    thus the bits could differ between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its
+    heuristics-wrapped kernel with ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k."""
+    choice = os.environ.get(CONFIG_ENV, "autotune")
+    if triton_interpreting() or (choice == "autotune" and not deterministic()):
+        tuned[grid](*args, **kwargs)
+        return
+    if choice.isdigit():
+        cfg = configs[int(choice) % len(configs)]
+    else:
+        cfg = fixed_config(configs, ctas, device)
+    plain[grid](*args, **kwargs, **cfg.all_kwargs())

@@ -2,8 +2,15 @@
 
 Each program owns a (BLOCK_P active pixels) x (BLOCK_CO output channels) tile. The reduction
 runs over the flattened (tap, C_in block) axis, one loop, so the compiler can software-pipeline
-the gathers across taps. The input tile is gathered straight from the NHWC map (the padding
-taps read 0 through the load mask): no im2col buffer, no full-size temporary, cost ~ P.
+the gathers across taps (cp.async on sm_80, wgmma from shared memory on sm_90). The input tile
+is gathered straight from the NHWC map (the padding taps read 0 through the load mask): no
+im2col buffer, no full-size temporary, cost ~ P.
+
+Tensor cores in every dtype: fp16/bf16 operands go into ``tl.dot`` as they are (fp32
+accumulation); fp32 operands use TF32 when torch's cuDNN switch allows it (as ``F.conv2d``
+does on a GPU), else exact fp32 FMAs. The weight is read through its strides: the permuted view
+of a (C_out, C_in, KH, KW) weight is used without a copy (fastest when C_in or C_out has
+stride 1, e.g. a channels_last weight or a contiguous (KH, KW, C_in, C_out) one).
 Contract: see ``sparsecascade.kernels`` and ``region_conv2d_forward_torch``.
 """
 from __future__ import annotations
@@ -14,47 +21,113 @@ import triton.language as tl
 
 from .._triton_support import triton_interpreting
 from .geometry import ConvGeometry
-from .triton_common import load_output_pixels, tap_input_rows
+from .triton_common import (
+    PRECISIONS,
+    dot_precision,
+    interpreter_config,
+    launch,
+    load_output_pixels,
+    make_configs,
+    p_bucket,
+    precision_class,
+    prune,
+    tap_input_rows,
+    tile_of,
+)
 
+NAMES = ("BLOCK_P", "BLOCK_CO", "BLOCK_CI")
 
-def forward_configs() -> list[triton.Config]:
-    """Autotune space of the forward kernel (BLOCK_P x BLOCK_CO output tile, BLOCK_CI reduction step).
-
-    Under the interpreter a single small config: benchmarking configs there only burns time.
-    Its cost is per loop iteration, not per element, so the tile is the smallest that still
-    lets test shapes (P > 32, C = 33) cross block boundaries.
-    """
-    if triton_interpreting():
-        return [triton.Config({"BLOCK_P": 32, "BLOCK_CO": 32, "BLOCK_CI": 32}, num_warps=4, num_stages=1)]
-    tiles = [
-        # (BLOCK_P, BLOCK_CO, BLOCK_CI, num_warps, num_stages); few configs: a backbone has
-        # dozens of distinct layer shapes and each one pays for benchmarking all of them.
+# (BLOCK_P, BLOCK_CO, BLOCK_CI, num_warps, num_stages), largest tiles first. Few configs per
+# class: a backbone has dozens of distinct layer shapes, each pays for benchmarking all of them
+# (once per log2(P) bucket). At most 64 fp32 accumulators per thread: no spills (see _aot_check).
+FORWARD_TILES = {
+    # fp16 / bf16: 64-deep K steps (128 B rows: full cp.async / wgmma swizzle), 96 KB of
+    # shared memory at 3 stages for the biggest tile (A100: 163 KB, H100: 227 KB per block)
+    "16bit": [
+        (128, 128, 64, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (32, 64, 64, 4, 3),   # batch 1, a sparse stage: few rows, more programs
+        (128, 32, 32, 4, 4),  # thin C_out (heads, 1x1 projections)
+        (64, 32, 32, 4, 3),   # thin layers
+    ],
+    # fp32 as TF32: 32-deep K steps (same bytes per row), 4-warp variants
+    "tf32": [
         (128, 128, 32, 8, 3),
         (128, 64, 32, 4, 3),
         (64, 128, 32, 4, 3),
-        (64, 64, 32, 4, 4),
-        (128, 32, 32, 4, 4),
-        (64, 32, 16, 4, 2),  # thin layers (C_in = 3 stems, small C_out heads)
-    ]
-    return [
-        triton.Config({"BLOCK_P": bp, "BLOCK_CO": bco, "BLOCK_CI": bci}, num_warps=w, num_stages=s)
-        for bp, bco, bci, w, s in tiles
-    ]
+        (64, 64, 32, 4, 3),
+        (32, 64, 32, 4, 3),
+        (64, 32, 32, 4, 3),
+    ],
+    # exact fp32 (TF32 switched off): FMA products, no tensor cores; 16-deep K steps (32 spilled)
+    "ieee": [
+        (128, 128, 16, 8, 2),
+        (64, 64, 16, 4, 2),
+        (32, 64, 16, 4, 2),
+        (64, 32, 16, 4, 2),
+    ],
+}
+# The only tiles tried when a channel count is not a multiple of 16 (a 21-class head, C_in = 3):
+# element-wise loads need an address per element, and bigger tiles spill (see _aot_check).
+FORWARD_UNALIGNED_TILES = {
+    "16bit": [(128, 32, 32, 4, 4), (64, 32, 32, 4, 3), (32, 32, 32, 4, 3)],
+    "tf32": [(64, 32, 32, 4, 3), (32, 32, 32, 4, 3)],
+    "ieee": [(64, 32, 16, 4, 2), (32, 32, 16, 4, 2)],
+}
 
 
-@triton.jit
+def all_tiles(tiles: dict, unaligned: dict, precision: str) -> list[tuple]:
+    return tiles[precision] + [t for t in unaligned[precision] if t not in tiles[precision]]
+
+
+def forward_configs(precision: str = "16bit") -> list[triton.Config]:
+    """Autotune space of the forward kernel for one precision class ("16bit", "tf32", "ieee").
+
+    Under the interpreter a single small config: benchmarking configs there only burns time.
+    """
+    if triton_interpreting():
+        return interpreter_config(NAMES, "BLOCK_P")
+    return make_configs(all_tiles(FORWARD_TILES, FORWARD_UNALIGNED_TILES, precision), NAMES)
+
+
+def unaligned_ok(precision: str):
+    """Predicate: may this forward config run a layer whose channels are not multiples of 16?"""
+    allowed = set(FORWARD_UNALIGNED_TILES[precision])
+    return lambda c: triton_interpreting() or tile_of(c, NAMES) in allowed
+
+
+def forward_prune(precision: str, *, p: int, c_in: int, c_out: int, configs=None) -> list[triton.Config]:
+    configs = forward_configs(precision) if configs is None else configs
+    return prune(configs, rows=p, rows_name="BLOCK_P", dims={"BLOCK_CO": c_out, "BLOCK_CI": c_in},
+                 unaligned_ok=unaligned_ok(precision))
+
+
+def _pruner(precision: str):
+    def early_config_prune(configs, nargs, **kwargs):
+        a = {**nargs, **kwargs}
+        return forward_prune(precision, p=a["P"], c_in=a["C_in"], c_out=a["C_out"], configs=configs)
+
+    return early_config_prune
+
+
+@triton.jit(do_not_specialize=["P", "P_BUCKET"])
 def region_conv2d_fwd_kernel(
     x_ptr, w_ptr, idx_ptr, out_ptr,
     bias_ptr, scale_ptr, shift_ptr, res_ptr,
     P, H, W, H_out, W_out, C_in, C_out,
     pad_h, pad_w, dil_h, dil_w,
-    res_scale,
+    stride_wh, stride_ww, stride_wi, stride_wo,
+    res_scale, P_BUCKET,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-    ALLOW_TF32: tl.constexpr, DOT_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    EVEN_CI: tl.constexpr, EVEN_CO: tl.constexpr,
 ):
+    # P_BUCKET (ceil(log2(P))) only keys the autotuner.
     pid_p = tl.program_id(0)
     pid_co = tl.program_id(1)
 
@@ -75,33 +148,45 @@ def region_conv2d_fwd_kernel(
         c0 = (k - tap * n_ci_blocks) * BLOCK_CI
         row, valid = tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW)
         ci = c0 + offs_ci
-        mask_ci = ci < C_in
-
-        a = tl.load(
-            x_ptr + row[:, None] * C_in + ci[None, :],
-            mask=valid[:, None] & mask_ci[None, :], other=0.0,
-        )
-        w_row = (tap * C_in + c0).to(tl.int64) + offs_ci
-        b = tl.load(
-            w_ptr + w_row[:, None] * C_out + offs_co[None, :],
-            mask=mask_ci[:, None] & mask_co[None, :], other=0.0,
-        )
+        ky = tap // KW
+        w_base = ky * stride_wh + (tap - ky * KW) * stride_ww
+        a_ptrs = x_ptr + row[:, None] * C_in + ci[None, :]
+        b_ptrs = w_ptr + w_base + ci[:, None] * stride_wi + offs_co[None, :] * stride_wo
+        if EVEN_CI:  # full channel blocks: the only mask is the row's (padding taps, tile tail)
+            a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
+            if EVEN_CO:
+                b = tl.load(b_ptrs)
+            else:
+                b = tl.load(b_ptrs, mask=mask_co[None, :], other=0.0)
+        else:
+            mask_ci = ci < C_in
+            a = tl.load(a_ptrs, mask=valid[:, None] & mask_ci[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=mask_ci[:, None] & mask_co[None, :], other=0.0)
         if DOT_FP32:  # the interpreter's dot misreads bf16 operands: give it fp32 (exact products)
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
-    # Fused epilogue, same order as the torch twin's apply_epilogue.
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
+    # Fused epilogue: (acc + bias) * scale + shift as acc * scale + (bias * scale + shift), the
+    # affine folded per channel first (as the torch twin folds it into the weights): two
+    # per-column vectors live in registers instead of three (the 128x128 TF32 tile spilled).
     if HAS_SCALE:
-        acc *= tl.load(scale_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc += tl.load(shift_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
-    out_offs = pix.to(tl.int64)[:, None] * C_out + offs_co[None, :]
+        s = tl.load(scale_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)
+    if HAS_BIAS or HAS_SHIFT:
+        t = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+        if HAS_BIAS:
+            t = tl.load(bias_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                t = t * s
+        if HAS_SHIFT:
+            t += tl.load(shift_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        acc = acc * s[None, :]
+    if HAS_BIAS or HAS_SHIFT:
+        acc = acc + t[None, :]
+    # per-row int64 base plus the tile's column arange: per-element offsets fold into the
+    # load/store immediates instead of one 64-bit address per element
+    out_offs = (pix.to(tl.int64) * C_out + pid_co * BLOCK_CO)[:, None] + tl.arange(0, BLOCK_CO)[None, :]
     out_mask = mask_p[:, None] & mask_co[None, :]
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + out_offs, mask=out_mask, other=0.0).to(tl.float32)
@@ -111,11 +196,31 @@ def region_conv2d_fwd_kernel(
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-# restore_value: the residual may alias ``out`` (in-place residual blocks); a benchmarked
-# config must not see the rows an earlier config already wrote.
-_region_conv2d_fwd_tuned = triton.autotune(
-    configs=forward_configs(), key=["C_in", "C_out", "KH", "KW"], restore_value=["out_ptr"],
-)(region_conv2d_fwd_kernel)
+# order: autotune, then heuristics, then jit. EVEN_*: channel counts that the blocks divide.
+_fwd_heuristic = triton.heuristics({
+    "EVEN_CI": lambda a: a["C_in"] % a["BLOCK_CI"] == 0,
+    "EVEN_CO": lambda a: a["C_out"] % a["BLOCK_CO"] == 0,
+})(region_conv2d_fwd_kernel)
+
+# One autotuner per precision class (own config list, own cache). Key: the layer's shape, the
+# weight layout (which channel axis has stride 1) and the log2(P) bucket, not P itself: a
+# layer re-tunes once per bucket (the dtype is appended by Triton). restore_value: the residual may alias ``out``
+# (in-place residual blocks); a benchmarked config must not see the rows an earlier config wrote.
+_fwd_tuned = {
+    precision: triton.autotune(
+        configs=forward_configs(precision), key=["C_in", "C_out", "KH", "KW", "stride_wi", "stride_wo", "P_BUCKET"],
+        prune_configs_by={"early_config_prune": _pruner(precision)}, restore_value=["out_ptr"],
+    )(_fwd_heuristic)
+    for precision in PRECISIONS
+}
+
+
+def weight_strides(weight: torch.Tensor) -> tuple[int, int, int, int]:
+    """(KH, KW, C_in, C_out) strides of a weight view; checked to address < 2^31 elements (int32)."""
+    assert weight.dim() == 4 and all(s >= 0 for s in weight.stride()), "weight must be a (KH, KW, C_in, C_out) view"
+    span = sum((d - 1) * s for d, s in zip(weight.shape, weight.stride()))
+    assert span < 2**31, "weight offsets must fit in int32"
+    return tuple(weight.stride())
 
 
 def region_conv2d_forward_triton(
@@ -131,12 +236,13 @@ def region_conv2d_forward_triton(
     residual: torch.Tensor | None = None,
     res_scale: float = 1.0,
     relu: bool = False,
-    allow_tf32: bool = False,
+    allow_tf32: bool | None = None,
 ) -> None:
     """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched.
 
-    ``allow_tf32`` lets fp32 inputs use TF32 tensor cores (about 1e-3 relative error);
-    the default is exact fp32 products, as the torch twin computes.
+    ``weight`` (KH, KW, C_in, C_out) may be any strided view (read through its strides).
+    ``allow_tf32``: fp32 products on TF32 tensor cores (about 1e-3 relative error); None (default)
+    follows torch's cuDNN switch at call time, as ``F.conv2d`` does; False: exact fp32 products.
     """
     n_img, height, width, c_in = x.shape
     kh, kw, w_cin, c_out = weight.shape
@@ -146,9 +252,10 @@ def region_conv2d_forward_triton(
     assert out.shape == (n_img, h_out, w_out, c_out), f"out has shape {tuple(out.shape)}"
     assert x.dtype in (torch.float32, torch.float16, torch.bfloat16), f"unsupported dtype {x.dtype}"
     assert weight.dtype == x.dtype and out.dtype == x.dtype, "x, weight and out must share a dtype"
-    assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous(), "NHWC contiguous tensors expected"
+    assert x.is_contiguous() and out.is_contiguous(), "NHWC contiguous x and out expected"
     assert idx.dtype == torch.int64 and idx.dim() == 1
     assert max(n_img * height * width, n_img * h_out * w_out) < 2**31, "pixel indices must fit in int32"
+    strides = weight_strides(weight)
     if residual is not None:
         assert residual.shape == out.shape and residual.is_contiguous()
     p = idx.numel()
@@ -158,11 +265,20 @@ def region_conv2d_forward_triton(
         if t is not None:
             assert t.numel() == c_out and t.is_contiguous(), f"{name} must be a contiguous ({c_out},) tensor"
 
+    if bias is not None and shift is not None:
+        # (acc + b) * s + t == acc * s + (b * s + t): one additive vector instead of two, folded
+        # here on C_out elements (the kernel's epilogue spilled with all five terms at 128x128 TF32)
+        folded = bias.float() * scale.float() if scale is not None else bias.float()
+        shift, bias = (folded + shift.float()).contiguous(), None
+
+    precision = dot_precision(x.dtype, allow_tf32)
+    cls = precision_class(x.dtype, precision)
+
     def grid(meta):
         return (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_CO"]))
 
     dummy = out  # absent optional terms: any pointer, their branch is compiled out
-    _region_conv2d_fwd_tuned[grid](
+    args = (
         x, weight, idx, out,
         bias if bias is not None else dummy,
         scale if scale is not None else dummy,
@@ -170,10 +286,15 @@ def region_conv2d_forward_triton(
         residual if residual is not None else dummy,
         p, height, width, h_out, w_out, c_in, c_out,
         geometry.pad_h, geometry.pad_w, geometry.dil_h, geometry.dil_w,
-        float(res_scale),
+        *strides,
+        float(res_scale), p_bucket(p),
+    )
+    kwargs = dict(
         KH=kh, KW=kw,
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu),
-        ALLOW_TF32=bool(allow_tf32) and x.dtype == torch.float32,
-        DOT_FP32=triton_interpreting(),
+        DOT_PRECISION=precision, DOT_FP32=triton_interpreting(),
     )
+    configs = forward_prune(cls, p=p, c_in=c_in, c_out=c_out)
+    launch(_fwd_tuned[cls], _fwd_heuristic, grid, args, kwargs, configs=configs,
+           ctas=lambda c: grid(c.kwargs)[0] * grid(c.kwargs)[1], device=x.device)

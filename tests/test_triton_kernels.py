@@ -16,8 +16,17 @@ not exercised). That every kernel and autotune config compiles for sm_80 and sm_
 and bf16, with the aligned-channel specialisation, is checked by the ahead-of-time compile test
 (tests/test_triton_compile.py, running sparsecascade.kernels._aot_check); the low-precision
 numerics by running this file on a CUDA machine without TRITON_INTERPRET.
+
+TF32: the launchers follow torch's cuDNN TF32 switch (on by default, as for ``F.conv2d``); the
+interpreter computes exact fp32 products whatever the switch says. The exact fp32 checks here
+run with the switch off (``_exact_fp32``); ``test_forward_tf32_follows_torch_switch`` checks TF32
+against ``F.conv2d`` under the same switch. Real sizes, TF32 on tensor cores, NaN propagation,
+int64 offsets beyond 2^31 elements, bitwise determinism and timing against cuDNN need a GPU:
+``bash benchmarks/gpu/validate.sh`` (which also runs this file there, TRITON_INTERPRET=0).
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -48,6 +57,33 @@ ALIGNED_CHANNELS = [(16, 16), (64, 16), (16, 64), (256, 16), (16, 256)]  # (C_in
 CONV_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Interpreted (tap, 32-channel block, 32-row block) iterations allowed per drawn problem.
 ITERATION_BUDGET = 400
+
+
+@contextlib.contextmanager
+def cudnn_tf32(enabled: bool):
+    """torch's cuDNN convolution TF32 switch set to ``enabled`` inside the block (the new API where
+    torch has it: mixing it with the legacy flag makes torch refuse to read either)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    new_api = conv is not None and hasattr(conv, "fp32_precision")
+    before = conv.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
+    if new_api:
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        if new_api:
+            conv.fp32_precision = before
+        else:
+            torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """fp32 checks here are exact (1e-5): TF32 off unless a test turns it on."""
+    with cudnn_tf32(False):
+        yield
 
 
 def _blocks(n: int, block: int = 32) -> int:
@@ -232,15 +268,18 @@ def test_backward_matches_twin_and_dense(pr, need):
     check_backward(pr, need)
 
 
+@pytest.mark.parametrize("dtype", CONV_DTYPES)
 @pytest.mark.parametrize("c_in, c_out", ALIGNED_CHANNELS)
-def test_backward_aligned_channels(c_in, c_out):
-    check_backward(aligned_problem(c_in, c_out, torch.float32, seed=c_in + c_out), (True, True))
+def test_backward_aligned_channels(c_in, c_out, dtype):
+    check_backward(aligned_problem(c_in, c_out, dtype, seed=c_in + c_out), (True, True))
 
 
 def check_backward(pr: dict, need: tuple[bool, bool]) -> None:
     x, weight, mask, idx, gen = _make_conv_tensors(pr)
     g = pr["geometry"]
-    grad_rows = torch.randn(idx.numel(), pr["c_out"], generator=gen).to(DEVICE)
+    # fp16/bf16: the launcher rounds grad_rows to the input dtype for the tensor cores (as cuDNN's
+    # backward takes grad_output in that dtype); drawn already rounded, every result stays exact
+    grad_rows = torch.randn(idx.numel(), pr["c_out"], generator=gen).to(pr["dtype"]).float().to(DEVICE)
     need_input, need_weight = need
     gx, gw = region_conv2d_backward_triton(grad_rows, x, weight, idx, g, need_input=need_input, need_weight=need_weight)
     tx, tw = region_conv2d_backward_torch(grad_rows, x, weight, idx, g, need_input=need_input, need_weight=need_weight)
@@ -278,6 +317,66 @@ def test_backward_pointwise_and_split_paths(kernel, pad):
     twin = region_conv2d_backward_torch(grad_rows, x, weight, idx, g)
     for a, b in zip(got, twin):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_forward_tf32_follows_torch_switch(enabled):
+    """allow_tf32=None reads torch's cuDNN TF32 switch at call time; the kernel's error against a
+    float64 reference stays within twice F.conv2d's under the same switch (plus an fp32 atol)."""
+    from sparsecascade.kernels.region_conv.triton_common import dot_precision
+
+    g = ConvGeometry(8, 8, 3, 3, 1, 1)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 8, 64, generator=gen).to(DEVICE)
+    w = (torch.randn(3, 3, 64, 64, generator=gen) / 24).to(DEVICE)
+    idx = (torch.rand(2 * 64, generator=gen) < 0.5).nonzero().squeeze(1).to(DEVICE)
+    nchw, oihw = x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1)
+    with cudnn_tf32(enabled):
+        assert dot_precision(torch.float32, None) == ("tf32" if enabled else "ieee")
+        assert dot_precision(torch.float32, not enabled) == ("ieee" if enabled else "tf32")  # explicit wins
+        out = torch.zeros(2, 8, 8, 64, device=DEVICE)
+        region_conv2d_forward_triton(x, w, idx, out, g)
+        y_torch = F.conv2d(nchw, oihw, padding=1).permute(0, 2, 3, 1)
+    ref = F.conv2d(nchw.double(), oihw.double(), padding=1).permute(0, 2, 3, 1)
+
+    def rows(t):
+        return t.reshape(-1, 64).index_select(0, idx).double()
+
+    err, torch_err = (rows(out) - rows(ref)).abs().max().item(), (rows(y_torch) - rows(ref)).abs().max().item()
+    if enabled:  # cuDNN may pick a non-TF32 algorithm: also allow the error of TF32-rounded operands
+        emulated = F.conv2d(_tf32_round(nchw).double(), _tf32_round(oihw).double(), padding=1).permute(0, 2, 3, 1)
+        torch_err = max(torch_err, (rows(emulated) - rows(ref)).abs().max().item())
+    assert err <= 2 * torch_err + 1e-5 * (1 + rows(ref).abs().max().item()), (err, torch_err)
+
+
+def _tf32_round(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> the nearest TF32 value (10 mantissa bits, ties to even), as fp32."""
+    bits = t.float().contiguous().view(torch.int32)
+    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & ~0x1FFF
+    return torch.where((bits & 0x7F800000) == 0x7F800000, bits, rounded).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", CONV_DTYPES)
+def test_weight_read_through_strides(dtype):
+    """The launchers take the (KH, KW, C_in, C_out) view of an OIHW weight as it is, contiguous or
+    channels_last (no copy): the same results as from a contiguous copy, forward and backward."""
+    g = ConvGeometry(6, 7, 3, 3, 1, 1)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 6, 7, 64, generator=gen).to(dtype).to(DEVICE)
+    w_oihw = (torch.randn(32, 64, 3, 3, generator=gen) / 24).to(dtype).to(DEVICE)
+    idx = (torch.rand(42, generator=gen) < 0.6).nonzero().squeeze(1).to(DEVICE)
+    grad_rows = torch.randn(idx.numel(), 32, generator=gen).to(dtype).float().to(DEVICE)
+    views = [w_oihw.permute(2, 3, 1, 0), w_oihw.contiguous(memory_format=torch.channels_last).permute(2, 3, 1, 0)]
+    copy = views[0].contiguous()
+    results = []
+    for w in [copy] + views:
+        out = torch.zeros(1, 6, 7, 32, dtype=dtype, device=DEVICE)
+        region_conv2d_forward_triton(x, w, idx, out, g)
+        results.append((out, *region_conv2d_backward_triton(grad_rows, x, w, idx, g)))
+    assert not any(v.is_contiguous() for v in views)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5 if a.dtype == torch.float32 else 1e-2, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrate: best mIoU with cost <= budget over --rhos")
     p.add_argument("--budget-kind", dest="budget_kind", choices=["macs", "ms"], default="macs", metavar="KIND",
                    help="macs: share of dense MACs; ms: ms per image")
+    p.add_argument("--head", type=_positive_int, metavar="K", help="score stage K's head alone (every pixel stops there)")
     p.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), help="resize images (labels stay full size)")
     p.add_argument("--max-images", dest="max_images", type=_positive_int, metavar="N")
     p.add_argument("--device", type=_device, default="auto", metavar="DEV", help="auto (default), cpu, cuda")
@@ -269,10 +270,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_table(results))
         print(f"\nwrote {out_dir / 'rho_sweep.csv'}, rho_sweep.json, rho_sweep.png")
     else:
-        result = evaluate(model, data, rho=args.rho, **kw)
+        result = evaluate(model, data, rho=args.rho, head=args.head, **kw)
         print(result.report())
-        (out_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"\nwrote {out_dir / 'eval.json'}")
+        name = "eval.json" if args.head is None else f"eval_head{args.head}.json"
+        (out_dir / name).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"\nwrote {out_dir / name}")
     return 0
 
 

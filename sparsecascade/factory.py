@@ -11,10 +11,11 @@ name: ``create_model(name, num_classes, **kwargs)`` then builds it and records n
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import MutableMapping
 from typing import Any, Callable, Optional
 
 from .cascade import LayerCascade
-from .models import create_backbone, list_backbones
+from .models import create_backbone, get_default_cfg, list_backbones
 from .models import load_backbone_weights as _load_into_backbone
 
 PREFIX = "lc_"
@@ -53,27 +54,172 @@ def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
     return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
 
 
-def create_model(name: str, num_classes: int, rho: float = 0.985, *, head_channels: int = 256,
-                 backbone_weights: Any = None, class_names=None, palette=None, **backbone_kwargs) -> LayerCascade:
-    """An LC model on a built-in backbone (output stride 8, BatchNorm frozen), or a registered one.
+# -- pretrained_cfg: what a user needs to feed the model and to read its output ------------------------
+PRETRAINED_CFG_KEYS = ("name", "architecture", "dataset", "license", "num_classes", "class_names", "palette",
+                       "mean", "std", "shortest_edge", "longest_edge")
+INTERPOLATION = "bilinear"  # how segment() resizes an image to shortest_edge and the logits back
 
-    ``backbone_weights``: an ImageNet state dict or file to load into the backbone (optional);
-    ``backbone_kwargs`` go to the backbone builder (e.g. ``blocks=(2, 2, 2)`` for a small IRNet), or
+
+class PretrainedCfg(MutableMapping):
+    """``model.pretrained_cfg``, as timm names it: the model's input normalization and scale and its classes.
+
+    A live view of ``model.config`` (what ``save_pretrained`` writes to ``config.json``), not a copy:
+    reading a key reads ``model.config``, setting one (``model.pretrained_cfg["shortest_edge"] = 360``)
+    sets it there, so ``segment`` / ``preprocess`` and the next ``save_pretrained`` follow it. Every key of
+    ``PRETRAINED_CFG_KEYS`` is always present (None where the config does not record it: no
+    ``shortest_edge`` means images run at their own size), plus ``interpolation`` and ``hf_hub_id`` (the Hub
+    repository the weights came from, or the zoo model's), which are read-only. ``dict(model.pretrained_cfg)``
+    is a plain copy.
+    """
+
+    READ_ONLY = ("interpolation", "hf_hub_id")
+
+    def __init__(self, config: dict, hf_hub_id: Optional[str] = None):
+        if not isinstance(config, dict):
+            raise TypeError(f"config: expected the model's config dict, got {type(config).__name__}")
+        self._config = config
+        self._hf_hub_id = hf_hub_id
+
+    def __getitem__(self, key: str):
+        if key == "interpolation":
+            return INTERPOLATION
+        if key == "hf_hub_id":
+            if self._hf_hub_id is not None:
+                return self._hf_hub_id
+            from .zoo import ZOO
+
+            entry = ZOO.get(self._config.get("name"))
+            return entry.repo_id if entry is not None else None
+        if key not in PRETRAINED_CFG_KEYS:
+            raise KeyError(key)
+        value = self._config.get(key)
+        return tuple(value) if key in ("mean", "std") and value is not None else value
+
+    def __setitem__(self, key: str, value) -> None:
+        if key in self.READ_ONLY:
+            raise ValueError(f"pretrained_cfg: {key!r} is read-only")
+        if key not in PRETRAINED_CFG_KEYS:
+            raise KeyError(f"pretrained_cfg: unknown key {key!r}; expected one of {PRETRAINED_CFG_KEYS}")
+        self._config[key] = _checked_cfg_value(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"pretrained_cfg: its keys are fixed; set {key!r} to None instead")
+
+    def __iter__(self):
+        return iter(PRETRAINED_CFG_KEYS + self.READ_ONLY)
+
+    def __len__(self) -> int:
+        return len(PRETRAINED_CFG_KEYS) + len(self.READ_ONLY)
+
+    def __repr__(self) -> str:
+        return f"PretrainedCfg({dict(self)!r})"
+
+
+def _checked_cfg_value(key: str, value):
+    """A pretrained_cfg value as config.json records it (lists, ints), or a one-line error naming the key."""
+    if value is None:
+        return None
+    if key in ("mean", "std"):
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or (key == "std" and min(values) <= 0):
+            raise ValueError(f"pretrained_cfg[{key!r}]: expected 3 numbers (R, G, B){', each > 0' if key == 'std' else ''}, "
+                             f"got {value!r}")
+        return values
+    if key in ("shortest_edge", "longest_edge", "num_classes"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"pretrained_cfg[{key!r}]: expected a positive int or None, got {value!r}")
+        return value
+    if key == "class_names":
+        return [str(v) for v in value]
+    if key == "palette":
+        return [list(map(int, c)) for c in value]
+    return str(value)
+
+
+def attach_pretrained_cfg(model: LayerCascade, hf_hub_id: Optional[str] = None) -> LayerCascade:
+    """Set ``model.pretrained_cfg``: the view of ``model.config`` (see ``PretrainedCfg``)."""
+    model.pretrained_cfg = PretrainedCfg(model.config, hf_hub_id)
+    return model
+
+
+# -- create_model ------------------------------------------------------------------------------------
+# the Hub options create_model(<architecture>, pretrained=True) passes to the ImageNet download
+IMAGENET_HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
+_PRETRAINED_LOADER: Optional[Callable[..., LayerCascade]] = None
+
+
+def set_pretrained_loader(loader: Callable[..., LayerCascade]) -> None:
+    """``sparsecascade.hub`` registers ``from_pretrained`` here when it is imported, so that
+    ``create_model(<zoo name>, pretrained=True)`` loads the zoo weights while this module, below the
+    hub in the layering, imports nothing above it."""
+    global _PRETRAINED_LOADER
+    _PRETRAINED_LOADER = loader
+
+
+def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[float] = None, *,
+                 pretrained: bool = False, head_channels: Optional[int] = None, backbone_weights: Any = None,
+                 class_names=None, palette=None, **kwargs) -> LayerCascade:
+    """An LC model on a built-in backbone (output stride 8, BatchNorm frozen), a registered one, or a zoo model.
+
+    ``name``: an architecture of ``list_models()`` (``lc_resnet18``; ``num_classes`` required), or a zoo
+    name of ``list_models(pretrained=True)`` (``lc-resnet18-camvid``: its architecture and classes).
+    ``pretrained=True``: for a zoo name, its trained weights (``from_pretrained``: then ``kwargs`` are
+    ``from_pretrained``'s: ``revision``, ``cache_dir``, ``local_files_only``, ``force_download``,
+    ``token``, ``map_location``, ``strict``); for a built-in architecture, the backbone's ImageNet
+    weights from the Hugging Face Hub (the backbone's ``default_cfg['hf_hub_id']``; ``revision``,
+    ``cache_dir``, ``local_files_only`` and ``token`` go to the download), the heads initialised.
+    ``rho``: the confidence threshold (default 0.985; a zoo model's own with ``pretrained=True``).
+    ``backbone_weights``: an ImageNet state dict or file to load into the backbone instead;
+    other ``kwargs`` go to the backbone builder (e.g. ``blocks=(2, 2, 2)`` for a small IRNet), or
     to the builder registered under ``name`` (``@register_cascade``; ``head_channels`` and
     ``backbone_weights`` are then not used);
     ``class_names`` and ``palette`` (one RGB triple per class) describe the classes for users.
-    ``model.config`` records all of it: ``save_pretrained`` writes it to ``config.json``.
+    ``model.config`` records all of it (``save_pretrained`` writes it to ``config.json``);
+    ``model.pretrained_cfg`` shows its preprocessing and classes (``PretrainedCfg``).
     """
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained: expected True or False, got {pretrained!r}")
     if name not in list_models():
-        raise ValueError(f"name: unknown model {name!r}; expected one of {list_models()}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+        from .zoo import ZOO
+
+        if name in ZOO:
+            return _create_zoo_model(name, ZOO[name], num_classes, rho, pretrained, head_channels,
+                                     backbone_weights, class_names, palette, kwargs)
+        raise ValueError(f"name: unknown model {name!r}; expected an architecture of {list_models()} "
+                         f"or a zoo name of {list_models(pretrained=True)}")
+    if num_classes is None:
+        raise ValueError(f"num_classes: {name!r} is an architecture: create_model({name!r}, num_classes) needs the "
+                         f"number of classes (a zoo name, {list_models(pretrained=True)}, knows its own)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+    rho = 0.985 if rho is None else rho
+    head_channels = 256 if head_channels is None else head_channels
     if name in _CASCADE_BUILDERS:
         if backbone_weights is not None:
             raise ValueError(f"backbone_weights: only the built-in lc_* models load them; {name!r} is a "
                              f"registered builder: load weights inside it")
-        return _create_registered(name, num_classes, rho, class_names, palette, backbone_kwargs)
-    backbone = create_backbone(name[len(PREFIX):], **backbone_kwargs)
+        if pretrained:
+            raise ValueError(f"pretrained: {name!r} is a registered builder, with no pretrained weights known to "
+                             f"sparsecascade; load weights inside the builder, or save_pretrained it and use "
+                             f"from_pretrained")
+        return _create_registered(name, num_classes, rho, class_names, palette, kwargs)
+    hub_options = {k: kwargs.pop(k) for k in IMAGENET_HUB_OPTIONS if k in kwargs}
+    if hub_options and not pretrained:
+        raise ValueError(f"{next(iter(hub_options))}: a Hub download option, used only with pretrained=True")
+    backbone_name = name[len(PREFIX):]
+    if pretrained:
+        if backbone_weights is not None:
+            raise ValueError("backbone_weights: give either pretrained=True (the ImageNet weights from the Hub) "
+                             "or backbone_weights (a file or state dict), not both")
+        if not get_default_cfg(backbone_name).get("hf_hub_id"):
+            raise ValueError(f"pretrained: the backbone {backbone_name!r} has no ImageNet weights on the Hub; "
+                             f"pass backbone_weights=<checkpoint file> instead")
+        backbone = create_backbone(backbone_name, pretrained=True, hub_kwargs=hub_options, **kwargs)
+    else:
+        backbone = create_backbone(backbone_name, **kwargs)
     if backbone_weights is not None:
         _load_into_backbone(backbone, backbone_weights)
     model = LayerCascade(backbone.stages, rho=rho, num_classes=num_classes,
@@ -85,12 +231,34 @@ def create_model(name: str, num_classes: int, rho: float = 0.985, *, head_channe
     model.backbone_ref = (backbone,)
     model.config = dict(
         architecture=name, num_classes=num_classes, rho=rho, head_channels=head_channels,
-        backbone_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs.items()},
+        backbone_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
         mean=list(model.mean), std=list(model.std),
         class_names=list(class_names) if class_names is not None else None,
         palette=[list(map(int, c)) for c in palette] if palette is not None else None,
         stages=[list(stage._modules) for stage in model.stages],
     )
+    if pretrained:
+        model.config["backbone_pretrained"] = get_default_cfg(backbone_name)["hf_hub_id"]
+    return attach_pretrained_cfg(model)
+
+
+def _create_zoo_model(name, entry, num_classes, rho, pretrained, head_channels, backbone_weights, class_names,
+                      palette, kwargs) -> LayerCascade:
+    """A zoo name: its trained weights (pretrained=True), else its architecture and classes, untrained."""
+    if num_classes is not None and num_classes != entry.num_classes:
+        raise ValueError(f"num_classes: {name} has {entry.num_classes} classes, got {num_classes!r}")
+    if backbone_weights is not None:
+        raise ValueError(f"backbone_weights: {name!r} is a zoo model; use pretrained=True for its weights, or "
+                         f"create_model({entry.architecture!r}, {entry.num_classes}, backbone_weights=...)")
+    if pretrained:
+        if _PRETRAINED_LOADER is None:  # only when sparsecascade.factory is used without the package
+            raise RuntimeError(f"pretrained: loading {name!r} needs sparsecascade.hub imported (import sparsecascade)")
+        model_kwargs = {k: v for k, v in dict(head_channels=head_channels, class_names=class_names,
+                                                  palette=palette).items() if v is not None}
+        return _PRETRAINED_LOADER(name, rho=rho, **model_kwargs, **kwargs)
+    model = create_model(entry.architecture, entry.num_classes, rho, head_channels=head_channels,
+                         class_names=class_names, palette=palette, **kwargs)
+    model.config.update(name=name, dataset=entry.dataset)
     return model
 
 
@@ -110,7 +278,7 @@ def _create_registered(name, num_classes, rho, class_names, palette, kwargs) -> 
     )
     if hasattr(model, "mean") and hasattr(model, "std"):
         model.config.update(mean=list(model.mean), std=list(model.std))
-    return model
+    return attach_pretrained_cfg(model)
 
 
 def load_backbone_weights(model, state_dict_or_path, *, strict: bool = True):

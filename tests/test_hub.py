@@ -176,8 +176,9 @@ def test_push_to_hub_uploads_the_saved_folder(tiny, monkeypatch):
         def create_repo(self, repo_id, private, exist_ok):
             calls["create"] = (repo_id, exist_ok)
 
-        def upload_folder(self, repo_id, folder_path, commit_message):
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None, create_pr=False):
             calls["files"] = sorted(os.listdir(folder_path))
+            assert revision is None and create_pr is False  # the default branch, no pull request
             return "url"
 
     import huggingface_hub

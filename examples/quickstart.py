@@ -1,8 +1,9 @@
 """Segment an image with the shipped CamVid model: offline, on the CPU, in a few seconds.
 
-    python examples/quickstart.py [IMAGE] [--rho R] [--out DIR]
+    python examples/quickstart.py [IMAGE] [--rho R] [--out DIR] [--model NAME]
 
-Loads ``lc-resnet18-camvid`` (its weights ship with the package: no network needed), segments the
+Loads the package's default model, ``sparsecascade.zoo.DEFAULT_MODEL`` (``lc-vgg16-camvid`` once it
+ships, until then ``lc-resnet18-camvid``: its weights ship with the package, no network needed), segments the
 sample street scene shipped in ``examples/images/`` (or IMAGE), prints where the pixels were
 decided, and writes the colour label map, an overlay and the stage map (green: stage 1, yellow:
 stage 2, red: stage 3, as the paper's Figures 4 and 6) as PNG files.
@@ -20,9 +21,10 @@ def main(argv=None):
     parser.add_argument("image", nargs="?", default=str(SAMPLE))
     parser.add_argument("--rho", type=float, default=None, help="confidence threshold (default: the model's)")
     parser.add_argument("--out", default="quickstart_out")
+    parser.add_argument("--model", default=sparsecascade.zoo.DEFAULT_MODEL, help="zoo name or save_pretrained folder")
     args = parser.parse_args(argv)
 
-    model = sparsecascade.from_pretrained("lc-resnet18-camvid")
+    model = sparsecascade.from_pretrained(args.model)
     result = model.segment(args.image, rho=args.rho)
 
     out = Path(args.out)
@@ -31,7 +33,8 @@ def main(argv=None):
     result.overlay().save(out / "overlay.png")
     result.stage_picture().save(out / "stages.png")
 
-    print(f"{args.image}: {result.labels.shape[1]}x{result.labels.shape[0]}, {result.ms:.0f} ms, rho {args.rho or model.rho:g}")
+    print(f"{args.image}: {args.model}, {result.labels.shape[1]}x{result.labels.shape[0]}, {result.ms:.0f} ms, "
+          f"rho {args.rho if args.rho is not None else model.rho:g}")
     print("decided at stages 1/2/3: " + " / ".join(f"{100 * f:.0f}%" for f in result.stop_fractions))
     counts = {result.class_names[c]: (result.labels == c).mean() for c in range(len(result.class_names))}
     print("classes: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in

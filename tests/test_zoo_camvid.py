@@ -1,5 +1,7 @@
-"""The shipped CamVid model as a user meets it: offline loading, the card's numbers reproduced,
-bit-identical to the Hub folder it describes, and the quickstart / publish examples run as written."""
+"""The shipped CamVid model (the package's default, ``sparsecascade.zoo.DEFAULT_MODEL``) as a user meets
+it: offline loading, the card's numbers reproduced, the Hub folder built bit-identical from the one copy
+git tracks, the quickstart / publish examples run as written, and every experiment's results.md (and
+model card) what its result files say."""
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +20,11 @@ from conftest import camvid_root
 from sparsecascade.hub import SHIPPED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "lc-resnet18-camvid"
+NAME = sc.zoo.DEFAULT_MODEL
 CAMVID = camvid_root()
 RESULTS = REPO / "zoo" / NAME / "results"
+SPEC = json.loads((REPO / "zoo" / NAME / "results_spec.json").read_text())
+EXPERIMENTS = sorted(p.parent.name for p in (REPO / "zoo").glob("*/results_spec.json"))
 OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE="/nonexistent-cache")
 
 
@@ -28,22 +32,28 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_shipped_weights_are_the_hub_folder_and_small():
-    shipped, hub = SHIPPED_DIR / NAME, REPO / "zoo" / NAME / "hub"
+def test_the_hub_folder_is_built_from_the_shipped_weights_and_they_are_small(tmp_path):
+    shipped, hub = SHIPPED_DIR / NAME, tmp_path / "hub"
+    out = subprocess.run([sys.executable, str(REPO / "zoo" / "publish.py"), "--name", NAME, "--dry-run", "--out", str(hub)],
+                         env=OFFLINE, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "from the package's copy" in out.stdout and "nothing uploaded" in out.stdout
     for name in ("config.json", "model.safetensors", "README.md"):
         assert sha256(shipped / name) == sha256(hub / name), name
-    assert (shipped / "model.safetensors").stat().st_size <= 30 * 2**20
+    assert json.loads((hub / "config.json").read_text())["weights_sha256"] == sha256(hub / "model.safetensors")
+    assert (shipped / "model.safetensors").stat().st_size <= 50 * 2**20
     assert sc.zoo.ZOO[NAME].trained and NAME in sc.list_models(pretrained=True)
+    assert not (REPO / "zoo" / NAME / "hub").exists()  # one copy in git: the package's
 
 
 def test_loads_offline_in_a_fresh_process(tmp_path):
-    code = ("import sparsecascade as sc; m = sc.from_pretrained('lc-resnet18-camvid'); "
+    code = (f"import sparsecascade as sc; m = sc.from_pretrained({NAME!r}); "
             "print(m.config['architecture'], m.config['num_classes'], m.rho, m.config['class_names'][3], m.training)")
     out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, cwd=tmp_path,
                          timeout=300)
     assert out.returncode == 0, out.stderr
     model = sc.from_pretrained(NAME)
-    assert out.stdout.split() == ["lc_resnet18", "11", str(model.rho), "road", "False"]
+    assert out.stdout.split() == [sc.zoo.ZOO[NAME].architecture, "11", str(model.rho), "road", "False"]
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
@@ -53,7 +63,8 @@ def test_reproduces_the_measured_miou_on_the_first_val_images():
 
     card = json.loads((RESULTS / "shipped" / "eval.json").read_text())  # written by experiment.sh
     model = sc.from_pretrained(NAME)
-    val = build_dataset("camvid", "val", CAMVID, transform=eval_transform(model.mean, model.std, (180, 240)))
+    size = tuple(SPEC["eval_size"])  # the size experiment.sh publish measured it at
+    val = build_dataset("camvid", "val", CAMVID, transform=eval_transform(model.mean, model.std, size))
     got = evaluate(model, val, max_images=card["num_images"])
     assert got.num_images == card["num_images"] and got.rho == card["rho"]
     assert got.miou == pytest.approx(card["miou"], abs=0.005)
@@ -76,15 +87,30 @@ def test_quickstart_runs_offline(tmp_path):
 
 
 def test_publish_to_hub_example_round_trips(tmp_path):
-    stdout = run_example("publish_to_hub.py", "--out", "published", cwd=tmp_path)
+    stdout = run_example("publish_to_hub.py", "--model", NAME, "--out", "published", cwd=tmp_path)
     assert "weights equal to the original rounded to fp16" in stdout and "not uploaded" in stdout
     assert sorted(p.name for p in (tmp_path / "published").iterdir()) == ["README.md", "config.json",
                                                                          "model.safetensors"]
 
 
-def test_results_md_is_what_the_result_files_say(tmp_path):
-    """results.md is generated from the committed evaluation files: regenerating it changes nothing."""
-    out = subprocess.run([sys.executable, str(REPO / "zoo" / NAME / "make_results.py"), "--no-figures",
-                          "--markdown", str(tmp_path / "results.md")], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_results_md_is_what_the_result_files_say(experiment, tmp_path):
+    """results.md is generated from the committed evaluation files: regenerating it changes nothing
+    (after new result files: python zoo/make_results.py zoo/<experiment>)."""
+    out = subprocess.run([sys.executable, str(REPO / "zoo" / "make_results.py"), str(REPO / "zoo" / experiment),
+                          "--no-figures", "--markdown", str(tmp_path / "results.md")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "results.md").read_text() == (REPO / "zoo" / NAME / "results.md").read_text()
+    assert (tmp_path / "results.md").read_text() == (REPO / "zoo" / experiment / "results.md").read_text()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_model_card_tables_are_what_the_result_files_say(experiment):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "zoo" / "make_results.py")
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    card = make_results.card_text(make_results.Experiment(REPO / "zoo" / experiment))
+    if card is not None:  # a card with a generated block
+        assert card == (REPO / "zoo" / experiment / "README.md").read_text()

@@ -5,8 +5,8 @@
 #   bash zoo/lc-resnet18-camvid/experiment.sh train-a   # LC, plain, Model Cascade (one core)
 #   bash zoo/lc-resnet18-camvid/experiment.sh train-b   # DSN, DSN + dropout       (the other core)
 #   bash zoo/lc-resnet18-camvid/experiment.sh eval      # on an otherwise idle machine: it times
-#   bash zoo/lc-resnet18-camvid/experiment.sh publish   # fp16 weights -> zoo/.../hub and the package
-#   python zoo/lc-resnet18-camvid/make_results.py       # results.md from the files eval wrote
+#   bash zoo/lc-resnet18-camvid/experiment.sh publish   # fp16 weights -> the package (Hub folder: build/hub/, untracked)
+#   python zoo/make_results.py zoo/lc-resnet18-camvid   # results.md from the files eval wrote
 #
 # The two training queues run side by side, one thread each (2 cores: two single-threaded runs
 # get more done than one run on two threads). Checkpoints stay in runs/ (not in git); the logs,
@@ -43,6 +43,7 @@ case "${1:-}" in
         done
         ;;
     publish)  # the zoo's weights: fp16, the rho calibrated for 60% of the dense MACs, shipped in the package
+        # (the one copy git tracks; the Hub folder goes to build/hub/lc-resnet18-camvid, untracked)
         rho=$(python -c "import json; print(json.load(open('$RESULTS/lc/budget0.6/calibration.json'))['rho'])")
         python zoo/publish.py "$RUNS/lc/last.pt" --name lc-resnet18-camvid --dtype float16 --rho "$rho" \
             --shortest-edge 180 --results "$RESULTS/lc/budget0.6/rho_sweep.json" --ship --dry-run

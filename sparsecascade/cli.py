@@ -2,9 +2,10 @@
 
     sparsecascade train --recipe recipes/camvid_lc_resnet18.json [--steps 200 ...] [--resume]
     sparsecascade eval --checkpoint runs/x/last.pt [--rhos 0.8,0.9,0.985,1 | --budget 0.6]
-    sparsecascade segment street.png photos/ "shots/*.jpg" [--model NAME] [--rho R] [--out DIR]
+    sparsecascade segment street.png photos/ "shots/*.jpg" [--model NAME] [--rho R] [--out DIR] [--batch-size N]
     sparsecascade list
     sparsecascade bench kernels|cascade|train_step [options]
+    sparsecascade export [--model NAME] [--format torch onnx] [--out DIR]
     sparsecascade eval --pretrained my-model-folder --dataset camvid --data-root DIR
 
 Data parallel, one machine or several (``--out`` on storage every machine sees, for ``--resume``):
@@ -235,7 +236,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .data import build_dataset, eval_transform
-    from .evaluate import DEFAULT_RHOS, calibrate_rho, evaluate, format_table, rho_sweep
+    from .evaluate import DEFAULT_RHOS, calibrate_rho, evaluate, format_table, rho_sweep, save_sweep
     from .train import load_trained_model, model_normalization
 
     _set_threads(args.threads)
@@ -266,9 +267,10 @@ def run_eval(args: argparse.Namespace) -> int:
             dict(rho=cal.rho, budget=cal.budget, budget_kind=cal.budget_kind, result=cal.result.to_dict()),
             indent=2) + "\n")
     elif args.rhos:
-        results = rho_sweep(model, data, args.rhos, out_dir=out_dir, **kw)
+        results = rho_sweep(model, data, args.rhos, **kw)
         print(format_table(results))
-        print(f"\nwrote {out_dir / 'rho_sweep.csv'}, rho_sweep.json, rho_sweep.png")
+        written = save_sweep(results, out_dir)  # the plot only where matplotlib is installed
+        print(f"\nwrote {written['csv']}, " + ", ".join(p.name for key, p in written.items() if key != "csv"))
     else:
         result = evaluate(model, data, rho=args.rho, head=args.head, **kw)
         print(result.report())
@@ -288,12 +290,22 @@ register_command("eval", "mIoU, stage statistics, ms/image; rho sweep; rho calib
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def default_model() -> str:
+    """The zoo model that segment and export use without --model (the zoo's DEFAULT_MODEL where it names one)."""
+    from . import zoo
+
+    return getattr(zoo, "DEFAULT_MODEL", "lc-resnet18-camvid")
+
+
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
-    p.add_argument("--model", default="lc-resnet18-camvid", help="zoo name, Hub repo id or save_pretrained folder")
+    p.add_argument("--model", default=default_model(), metavar="NAME",
+                   help="zoo name, Hub repo id or save_pretrained folder (default: %(default)s)")
     p.add_argument("--rho", type=_probability, help="confidence threshold in [0, 1] (default: the model's)")
-    p.add_argument("--out", default="segment_out", metavar="DIR", help="where the PNGs go (default segment_out)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="segment_out", metavar="DIR", help="where the PNGs go (default: %(default)s)")
+    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=8, metavar="N",
+                   help="images of one size segmented together, N at a time (default: %(default)s)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
 def expand_images(items: list[str]) -> tuple[list[Path], list[str]]:
@@ -363,27 +375,59 @@ def _load_model(name: str, option: str, **kwargs):
         raise ValueError(f"{option}: {str(e).removeprefix('name_or_path: ')}") from e
 
 
+def _image_size(path: Path):
+    """(height, width) of an image file as segment reads it (upright per its EXIF orientation), from
+    its header alone; None when the header does not tell (the file is read, and refused, later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 (any unreadable header: the full read reports it)
+        return None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # 5-8: turned a quarter
+
+
+def batches_of_one_size(paths: list[Path], batch_size: int) -> list[list[Path]]:
+    """The images in groups of one size (by their headers; an unreadable one alone), ``batch_size`` at
+    most each, in the order of each size's first image."""
+    groups: dict = {}
+    for i, path in enumerate(paths):
+        size = _image_size(path)
+        groups.setdefault(size if size is not None else ("unread", i), []).append(path)
+    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
 def run_segment(args: argparse.Namespace) -> int:
+    from .segment import load_image, segment
+
     model = _load_model(args.model, "--model", rho=args.rho, device=args.device)
     images, problems = expand_images(args.images)
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     out = Path(args.out)
     failed = len(problems)
-    for path, name in zip(images, output_stems(images)):
-        try:
-            result = model.segment(path)
-        except (ValueError, OSError) as e:
-            print(f"skipped {path}: {e}", file=sys.stderr)
-            failed += 1
+    stems = dict(zip(images, output_stems(images)))
+    for batch in batches_of_one_size(images, args.batch_size):
+        loaded = []
+        for path in batch:
+            try:
+                loaded.append((path, load_image(path)))
+            except (ValueError, OSError) as e:
+                print(f"skipped {path}: {e}", file=sys.stderr)
+                failed += 1
+        if not loaded:
             continue
-        stem = out / name
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        result.colorize().save(f"{stem}_labels.png")
-        result.overlay().save(f"{stem}_overlay.png")
-        result.stage_picture().save(f"{stem}_stages.png")
-        shares = " / ".join(f"{100 * f:.1f}%" for f in result.stop_fractions)
-        print(f"{path}: {result.ms:.0f} ms, decided at stages 1/2/3: {shares} -> {stem}_{{labels,overlay,stages}}.png")
+        results = segment(model, [rgb for _, rgb in loaded], batch_size=args.batch_size)
+        for (path, _), result in zip(loaded, results):
+            stem = out / stems[path]
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            result.label_image().save(f"{stem}_labels.png")  # palette PNG: its pixel values are the class ids
+            result.overlay().save(f"{stem}_overlay.png")
+            result.stage_picture().save(f"{stem}_stages.png")
+            shares = " / ".join(f"{100 * f:.1f}%" for f in result.stop_fractions)
+            print(f"{path}: {result.ms:.0f} ms, decided at stages 1/2/3: {shares} -> {stem}_{{labels,overlay,stages}}.png")
     return 1 if failed else 0
 
 
@@ -411,10 +455,66 @@ def run_bench(args: argparse.Namespace) -> int:
     return int(bench_main([args.benchmark, *args.options]) or 0)
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=default_model(), metavar="NAME",
+                   help="zoo name, Hub repo id or save_pretrained folder (default: %(default)s)")
+    p.add_argument("--out", default="export_out", metavar="DIR",
+                   help="where NAME.pt2, NAME.onnx and NAME.json (the preprocessing) go (default: %(default)s)")
+    p.add_argument("--format", nargs="+", choices=["torch", "onnx"], metavar="FORMAT",
+                   help="torch (torch.export .pt2) and/or onnx (default: both; onnx where it is installed)")
+    p.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                   help="example input size (default: the model's training scale, else 512 512)")
+    p.add_argument("--batch", type=_positive_int, default=2, metavar="N",
+                   help="example batch size (default: %(default)s; 1 fixes the batch size at 1)")
+    p.add_argument("--static", action="store_true", help="fixed input shape (default: batch, H and W symbolic)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The dense path (rho = 1) as a static graph: see sparsecascade.export for why not the cascade."""
+    import torch
+
+    from .export import SUFFIXES, export_dense, onnx_available
+
+    model = _load_model(args.model, "--model", device=args.device)
+    formats = args.format or (["torch", "onnx"] if onnx_available() else ["torch"])
+    if args.format is None and "onnx" not in formats:
+        print("skipped ONNX: it needs the onnx and onnxscript packages (pip install 'sparsecascade[export]')")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    edge = cfg.get("shortest_edge") or 512
+    height, width = args.size or (edge, edge)
+    device = next(model.parameters()).device
+    example = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    name = cfg.get("name") or Path(str(args.model).rstrip("/")).name
+    out = Path(args.out)
+    model.rho = 1.0
+    with torch.no_grad():
+        eager = model.eval()(example).logits
+    for fmt in formats:
+        path = out / f"{name}{SUFFIXES[fmt]}"
+        program = export_dense(model, example, path, fmt, dynamic=not args.static)
+        check = ""
+        if fmt == "torch":
+            with torch.no_grad():
+                got = torch.export.load(path).module()(example)
+            check = f", max |exported - eager| = {(got - eager).abs().max().item():.2g}"
+        print(f"wrote {path} ({fmt}{'' if args.static else ', dynamic batch/H/W'}{check})")
+        del program
+    info = dict(pretrained_cfg=cfg, input="image: normalized (N, 3, H, W) float32 (mean/std of pretrained_cfg; "
+                "resize to shortest_edge first when set)", output="logits: (N, C, H, W); labels = argmax over C",
+                path="dense (rho = 1): every stage and the last head on every pixel", example_size=[height, width])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {out / f'{name}.json'} (the preprocessing a deployment applies)")
+    return 0
+
+
 register_command("segment", "segment images: colour labels, overlay and stage map PNGs", add_segment_arguments,
                  run_segment)
 register_command("list", "the model zoo and the architectures", lambda p: None, run_list)
 register_command("bench", "benchmarks: kernels, cascade, train_step", add_bench_arguments, run_bench)
+register_command("export", "the dense path (rho = 1) as torch.export (.pt2) and ONNX, for static-graph runtimes",
+                 add_export_arguments, run_export)
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ def format_table(results: Sequence[EvalResult]) -> str:
 
 
 def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
+    """Write ``rho_sweep.csv``, ``rho_sweep.json`` and, where matplotlib is installed, ``rho_sweep.png``
+    (without it: a one-line warning, and no ``png`` in the returned paths). Returns what was written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = dict(csv=out / "rho_sweep.csv", json=out / "rho_sweep.json", png=out / "rho_sweep.png")
@@ -186,13 +188,25 @@ def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(rows)
     paths["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-    plot_sweep(results, paths["png"])
+    if not plot_sweep(results, paths["png"]):
+        del paths["png"]
     return paths
 
 
-def plot_sweep(results: Sequence[EvalResult], path) -> None:
-    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7."""
-    import matplotlib
+def plot_sweep(results: Sequence[EvalResult], path) -> bool:
+    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7.
+
+    matplotlib is optional (``pip install 'sparsecascade[plot]'``): without it nothing is drawn, a
+    one-line warning says so, and the result is False."""
+    try:
+        import matplotlib
+    except ImportError:
+        import warnings
+
+        Path(path).unlink(missing_ok=True)  # a plot of an earlier sweep would not show this one
+        warnings.warn(f"{Path(path).name} not drawn: matplotlib is not installed (pip install 'sparsecascade[plot]')",
+                      stacklevel=2)
+        return False
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
@@ -210,6 +224,7 @@ def plot_sweep(results: Sequence[EvalResult], path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 @dataclass

@@ -560,10 +560,14 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
     run, long = x.long["run"], x.long
     cfg = x.configs.get(run) or {}
     md = ["", f"## {long['heading']}", "", long.get("text", "").strip(), ""]
-    md += [f"`{eval_command(x, run)}` (at the training rho), the same with `--head K` (stage K's head alone: "
-           f"every pixel stops at stage K; `eval_headK.json`), and the sweep below (the default rho):", "",
+    md += [f"The rho sweep below (`results/{x.sweep_run}/rho_sweep.json`: the training and the default rho) and "
+           f"`{eval_command(x, run, ' --head K')}` (stage K's head alone: every pixel stops at stage K; "
+           "`eval_headK.json`; stage 3's head alone is rho = 1):", "",
            "| network | rho | mIoU (%) | pixel acc. (%) | ms / image | MACs (% of dense) |", "|---|---|---|---|---|---|"]
-    rows = [(f"{labels[run]}, at the training rho", x.evals.get(run))]
+    at_training_rho = x.evals.get(run)  # eval.json, else the sweep's row at the training rho (the same pass)
+    if at_training_rho is None and run == x.sweep_run and cfg.get("rho") is not None:
+        at_training_rho = row_at(x.sweep, cfg["rho"], exact=True)
+    rows = [(f"{labels[run]}, at the training rho", at_training_rho)]
     rows += [(f"stage {k}'s head alone", x.head(run, k)) for k in long.get("heads", [])]
     if default is not None:
         rows.append((f"{labels[run]}, at the default rho ({why})", default))

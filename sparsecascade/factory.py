@@ -10,7 +10,9 @@ name: ``create_model(name, num_classes, **kwargs)`` then builds it and records n
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import re
 from collections.abc import MutableMapping
 from typing import Any, Callable, Optional
 
@@ -217,9 +219,9 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
         if not get_default_cfg(backbone_name).get("hf_hub_id"):
             raise ValueError(f"pretrained: the backbone {backbone_name!r} has no ImageNet weights on the Hub; "
                              f"pass backbone_weights=<checkpoint file> instead")
-        backbone = create_backbone(backbone_name, pretrained=True, hub_kwargs=hub_options, **kwargs)
-    else:
-        backbone = create_backbone(backbone_name, **kwargs)
+    with _naming_unknown_arguments(name, kwargs):
+        backbone = (create_backbone(backbone_name, pretrained=True, hub_kwargs=hub_options, **kwargs) if pretrained
+                    else create_backbone(backbone_name, **kwargs))
     if backbone_weights is not None:
         _load_into_backbone(backbone, backbone_weights)
     model = LayerCascade(backbone.stages, rho=rho, num_classes=num_classes,
@@ -240,6 +242,22 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
     if pretrained:
         model.config["backbone_pretrained"] = get_default_cfg(backbone_name)["hf_hub_id"]
     return attach_pretrained_cfg(model)
+
+
+UNKNOWN_ARGUMENT = "not an argument of create_model nor of the builder of"  # hub matches it
+
+
+@contextlib.contextmanager
+def _naming_unknown_arguments(name: str, kwargs: dict):
+    """A keyword argument the builder does not take: a one-line ValueError that names it (not the
+    TypeError of a function deep inside the builder)."""
+    try:
+        yield
+    except TypeError as e:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unknown is None or unknown.group(1) not in kwargs:
+            raise
+        raise ValueError(f"{unknown.group(1)}: {UNKNOWN_ARGUMENT} {name!r}") from None
 
 
 def _create_zoo_model(name, entry, num_classes, rho, pretrained, head_channels, backbone_weights, class_names,
@@ -264,7 +282,8 @@ def _create_zoo_model(name, entry, num_classes, rho, pretrained, head_channels, 
 
 def _create_registered(name, num_classes, rho, class_names, palette, kwargs) -> LayerCascade:
     """Build with the registered builder; record its name and arguments for ``save_pretrained``."""
-    model = _CASCADE_BUILDERS[name](num_classes=num_classes, **kwargs)
+    with _naming_unknown_arguments(name, kwargs):
+        model = _CASCADE_BUILDERS[name](num_classes=num_classes, **kwargs)
     if not isinstance(model, LayerCascade):
         raise TypeError(f"{name}: the registered builder returned a {type(model).__name__}, expected a LayerCascade")
     model.rho = rho

@@ -26,7 +26,8 @@ import torch
 
 from ._atomic import atomic_write, atomic_write_text
 from .cascade import LayerCascade
-from .factory import attach_pretrained_cfg, create_model, is_registered_cascade, list_models, set_pretrained_loader
+from .factory import (UNKNOWN_ARGUMENT, attach_pretrained_cfg, create_model, is_registered_cascade, list_models,
+                      set_pretrained_loader)
 from .zoo import ZOO, list_pretrained
 
 CONFIG_NAME = "config.json"
@@ -252,13 +253,11 @@ def _build(config: dict, config_path: Path, model_kwargs: Optional[dict] = None)
                                 **{**config.get("model_kwargs", {}), **given})
         top.setdefault("head_channels", config.get("head_channels", 256))
         return create_model(name, num_classes, rho=config["rho"], **top, **{**config.get("backbone_kwargs", {}), **given})
-    except TypeError as e:
-        import re
-
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if unknown is None or unknown.group(1) not in (model_kwargs or {}):
+    except ValueError as e:
+        unknown = str(e).split(":", 1)[0]
+        if UNKNOWN_ARGUMENT not in str(e) or unknown not in (model_kwargs or {}):
             raise
-        raise ValueError(f"{unknown.group(1)}: not an argument of from_pretrained nor of the {name!r} model it builds "
+        raise ValueError(f"{unknown}: not an argument of from_pretrained nor of the {name!r} model it builds "
                          f"(from_pretrained passes extra keyword arguments to create_model({name!r}, ...))") from None
 
 

@@ -279,6 +279,9 @@ def test_create_model_bad_arguments():
     one_line_value_error(lambda: sc.create_model("lc_resnet18", 3, pretrained=True, backbone_weights={}),
                          "backbone_weights")
     one_line_value_error(lambda: sc.create_model("lc-nothing"), "name")
+    one_line_value_error(lambda: sc.create_model("lc_resnet18", 3, colour="red"), "colour")
+    zoo_name = sorted(sc.zoo.ZOO)[0]
+    one_line_value_error(lambda: sc.create_model(zoo_name, map_location="cpu"), "map_location")  # pretrained=False
 
 
 def test_create_model_pretrained_on_a_registered_builder(monkeypatch):
@@ -288,6 +291,7 @@ def test_create_model_pretrained_on_a_registered_builder(monkeypatch):
     monkeypatch.setattr(factory, "_CASCADE_BUILDERS", dict(factory._CASCADE_BUILDERS))
     sc.register_cascade(two_stage_test_net)
     one_line_value_error(lambda: sc.create_model("two_stage_test_net", 2, pretrained=True), "pretrained")
+    one_line_value_error(lambda: sc.create_model("two_stage_test_net", 2, depth=3), "depth")
     model = sc.create_model("two_stage_test_net", 2)
     assert model.pretrained_cfg["mean"] is None and model.pretrained_cfg["num_classes"] == 2
 

@@ -33,6 +33,10 @@ train() {  # train <run name> [options]: the recipe with those options, resumabl
 }
 
 finished() {  # finished <run name>: true when its log reached the configured steps; else say why not
+    if [ -f "$RUNS/$1/config.json" ] && [ -f "$RUNS/$1/log.jsonl" ]; then   # its log and config into the
+        mkdir -p "$RESULTS/$1"                   # results, finished or not (results.md says how far it got)
+        cp "$RUNS/$1/log.jsonl" "$RUNS/$1/config.json" "$RESULTS/$1/"
+    fi
     python -c '
 import json, sys
 from pathlib import Path
@@ -44,9 +48,7 @@ log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
 done = log[-1]["step"] if log else 0
 if done < steps:
     sys.exit(f"skipped {run}: still training (step {done} of {steps})")
-' "$RUNS/$1" || return 1
-    mkdir -p "$RESULTS/$1"   # the run may have been started by hand: its log and config into the results
-    cp "$RUNS/$1/log.jsonl" "$RUNS/$1/config.json" "$RESULTS/$1/"
+' "$RUNS/$1"
 }
 
 evaluate() {  # evaluate <run name> [extra eval options]

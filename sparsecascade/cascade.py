@@ -3,7 +3,8 @@
 Inference (DESIGN.md section 1): stage 1 and its head run on every pixel; a pixel whose softmax
 confidence reaches ``rho`` stops; each later stage and head run as region convolutions on the
 pixels still active; a stage with no active pixel in the whole batch is not run. The prediction
-of a pixel is the logits of the stage where it stopped.
+of a pixel is the logits of the stage where it stopped. At rho >= 1 no pixel can stop early, so
+in eval the heads of stages 1..K-1 are not run either: the work of the plain network.
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import confidence_threshold
+from .ops import RegionIndex, confidence_threshold, resample_mask
 from . import region_blocks  # noqa: F401  (registers the fused converters of the built-in blocks)
 from .models.frozen_bn import freeze_batchnorm
-from .region import (EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region,
-                     mark_dense_modules, resample_mask)
+from .region import EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region, mark_dense_modules
 
 
 @dataclass
@@ -155,18 +155,19 @@ class LayerCascade(nn.Module):
         return len(self.stages)
 
     # -- the cascade -----------------------------------------------------------------------------
-    def _threshold(self, logits: torch.Tensor, active: torch.Tensor, k: int):
-        """(stop, next_active) of stage k; every active pixel stops at the last stage, none before it at rho >= 1."""
+    def _threshold(self, logits: torch.Tensor, active: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[RegionIndex]]:
+        """(stop, next active set) of stage k; every active pixel stops at the last stage (no next set),
+        none before it at rho >= 1. The next set's indices come from the threshold kernel's compaction."""
         if k == self.num_stages - 1:
-            return active, torch.zeros_like(active)
+            return active, None
         if self._forced_stops is not None:
             stop = _forced_stop(active, self._forced_stops[k])
-            return stop, active & ~stop
+            return stop, RegionIndex(active & ~stop)
         if self._rho >= 1.0:
-            return torch.zeros_like(active), active
+            return torch.zeros_like(active), RegionIndex(active)
         backend = "torch" if self.backend == "dense" else self.backend
         r = confidence_threshold(logits, self._rho, active, backend=backend)
-        return r.stop, r.next_active
+        return r.stop, RegionIndex(r.next_active, rows=r.next_index)
 
     def _stage(self, k: int, features: torch.Tensor) -> torch.Tensor:
         """Stage k on ``features``, its output checked against what the cascade expects of it."""
@@ -187,15 +188,18 @@ class LayerCascade(nn.Module):
         return logits
 
     def _run(self, x: torch.Tensor):
-        """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages, the
-        executed MACs, and per stage the dense MACs of its convolutions (None for skipped stages)."""
+        """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages (and,
+        in eval at rho >= 1, for heads 1..K-1, which could stop nothing), the executed MACs, per stage
+        the dense MACs of its convolutions (None where something was skipped), and stage 1's map size."""
         features = x
-        active = None  # None: every pixel (stage 1)
+        index = None  # the active set: None is every pixel (stage 1, or nothing stopped yet)
         macs = 0
         results, dense_macs = [], []
+        heads_decide = self.training or self._rho < 1.0 or self._forced_stops is not None
+        first_size = None
         for k in range(self.num_stages):
             last = k == self.num_stages - 1
-            if active is not None and not bool(active.any()):
+            if index is not None and index.count == 0:
                 results.append(None)  # no pixel left anywhere in the batch: the stage is not run
                 dense_macs.append(None)
                 continue
@@ -203,42 +207,48 @@ class LayerCascade(nn.Module):
                 # head k-1 saved these features for its backward: an in-place layer at the start of
                 # stage k (nn.ReLU(inplace=True)) must not modify them
                 features = features.clone()
-            with active_region(active, self.backend) as stage_region:
+            with active_region(index, self.backend) as stage_region:
                 features = self._stage(k, features)
-            if active is not None and tuple(active.shape[-2:]) != tuple(features.shape[-2:]):
-                active = resample_mask(active, tuple(features.shape[-2:]))
-            with active_region(active, self.backend) as head_region:
+            first_size = first_size or tuple(features.shape[-2:])
+            if index is not None:
+                index = index.at(tuple(features.shape[-2:]))
+            macs += stage_region.macs
+            if not (last or heads_decide):  # rho >= 1: the head's logits would decide no pixel
+                results.append(None)
+                dense_macs.append(None)
+                continue
+            with active_region(index, self.backend) as head_region:
                 logits = self._head(k, features)
-            macs += stage_region.macs + head_region.macs
+            macs += head_region.macs
             dense_macs.append(stage_region.dense_macs + head_region.dense_macs)
-            region_mask = active if active is not None else torch.ones(
+            region_mask = index.mask if index is not None else torch.ones(
                 logits.shape[0], *logits.shape[-2:], dtype=torch.bool, device=logits.device)
             with torch.no_grad():
-                stop, active = self._threshold(logits.detach(), region_mask, k)
-            if not last and bool(active.all()):
-                active = None  # nothing stopped: the next stage runs densely, without masks
+                stop, index = self._threshold(logits.detach(), region_mask, k)
+            if not last and index.is_full:
+                index = None  # nothing stopped: the next stage runs densely, without masks
             results.append((logits, region_mask, stop))
-        return results, macs, dense_macs
+        return results, macs, dense_macs, first_size
 
     def forward(self, x: torch.Tensor):
         from .inputs import check_image_batch
 
         check_image_batch(x, self.stages[0])
-        results, macs, dense_macs = self._run(x)
+        results, macs, dense_macs, first_size = self._run(x)
         if self.training:
             ran = [r for r in results if r is not None]
             return CascadeTrainOutput([r[0] for r in ran], [r[1] for r in ran])
         key = tuple(x.shape)
         if key not in self._dense_macs_cache and None not in dense_macs:
             self._dense_macs_cache[key] = dense_macs  # every stage ran: its convolutions saw every shape
-        return self._assemble(x, results, macs)
+        return self._assemble(x, results, macs, first_size)
 
-    def _assemble(self, x, results, macs) -> CascadeOutput:
-        """The deciding stage's logits per pixel, at stage 1's resolution, then upsampled to the image."""
-        first_logits = results[0][0]
-        n, c, h, w = first_logits.shape
-        logits = torch.zeros_like(first_logits)
-        stage_map = torch.zeros(n, h, w, dtype=torch.int64, device=x.device)
+    def _assemble(self, x, results, macs, size) -> CascadeOutput:
+        """The deciding stage's logits per pixel, at stage 1's resolution ``size``, then upsampled to the image."""
+        h, w = size
+        ran = [r for r in results if r is not None]
+        logits = ran[0][0].new_zeros(x.shape[0], ran[0][0].shape[1], h, w)
+        stage_map = torch.zeros(x.shape[0], h, w, dtype=torch.int64, device=x.device)
         for k, r in enumerate(results):
             if r is None:
                 continue
@@ -271,15 +281,19 @@ class LayerCascade(nn.Module):
             features = x
             with torch.no_grad():
                 for k in range(self.num_stages):
-                    nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
-                    with active_region(nothing, "torch") as stage_region:
+                    with active_region(_empty_region(x, features), "torch") as stage_region:
                         features = self._stage(k, features)
-                    nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
-                    with active_region(nothing, "torch") as head_region:
+                    with active_region(_empty_region(x, features), "torch") as head_region:
                         self._head(k, features)
                     per_stage.append(stage_region.dense_macs + head_region.dense_macs)
             self._dense_macs_cache[key] = per_stage
         return list(self._dense_macs_cache[key])
+
+
+def _empty_region(x: torch.Tensor, features: torch.Tensor) -> RegionIndex:
+    """No active pixel at the resolution of ``features`` (no compaction needed)."""
+    nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
+    return RegionIndex(nothing, rows=torch.zeros(0, dtype=torch.int64, device=x.device))
 
 
 def _forced_stop(active: torch.Tensor, fraction: float) -> torch.Tensor:

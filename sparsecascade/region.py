@@ -27,9 +27,8 @@ from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .ops import MacCount, count_macs, record_macs, region_conv2d
+from .ops import MacCount, RegionIndex, count_macs, record_macs, region_conv2d
 
 EXECUTION_BACKENDS = ("auto", "torch", "triton", "dense")
 
@@ -42,23 +41,26 @@ class RegionState:
     convolution run densely); ``dense_macs``: what the same convolutions execute on every pixel.
     """
 
-    mask: Optional[torch.Tensor]  # bool (N, h, w); None: every pixel (dense, still counted)
+    index: Optional[RegionIndex]  # None: every pixel (dense, still counted)
     backend: str = "auto"
     executed: MacCount = field(default_factory=MacCount)
     dense_macs: int = 0
-    _resampled: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> Optional[torch.Tensor]:
+        return None if self.index is None else self.index.mask
 
     @property
     def macs(self) -> int:
         return self.executed.macs
 
-    def mask_at(self, size: tuple[int, int]) -> Optional[torch.Tensor]:
+    def index_at(self, size: tuple[int, int]) -> Optional[RegionIndex]:
         """The active set at a layer's output size: nearest for upsampling, "any" for downsampling."""
-        if self.mask is None or tuple(self.mask.shape[-2:]) == tuple(size):
-            return self.mask
-        if size not in self._resampled:
-            self._resampled[size] = resample_mask(self.mask, size)
-        return self._resampled[size]
+        return None if self.index is None else self.index.at(size)
+
+    def mask_at(self, size: tuple[int, int]) -> Optional[torch.Tensor]:
+        index = self.index_at(size)
+        return None if index is None else index.mask
 
     def count_dense_conv(self, weight_shape, output: torch.Tensor) -> None:
         """A convolution that computed every pixel of ``output``: executed and dense MACs alike."""
@@ -71,28 +73,24 @@ class RegionState:
         self.dense_macs += int(rows) * c_out * c_in * kh * kw
 
 
-def resample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resample a bool (N, h, w) mask to ``size``; a coarse pixel is active if any fine pixel it covers is."""
-    m = mask[:, None].float()
-    if size[0] <= mask.shape[1] and size[1] <= mask.shape[2]:
-        m = F.adaptive_max_pool2d(m, size)
-    else:
-        m = F.interpolate(m, size=size, mode="nearest")
-    return m[:, 0] > 0.5
-
-
 _CURRENT: contextvars.ContextVar[Optional[RegionState]] = contextvars.ContextVar("sparsecascade_region", default=None)
 
 
 @contextlib.contextmanager
-def active_region(mask: Optional[torch.Tensor], backend: str = "auto"):
-    """Run converted modules on the active set ``mask`` (bool (N, h, w), or None for all pixels)."""
+def active_region(region: Union[torch.Tensor, RegionIndex, None], backend: str = "auto"):
+    """Run converted modules on the active set ``region``: a bool (N, h, w) mask, its ``RegionIndex``
+    (built once per stage, shared by every layer), or None for all pixels."""
     if backend not in EXECUTION_BACKENDS:
         raise ValueError(f"backend: expected one of {EXECUTION_BACKENDS}, got {backend!r}")
-    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 3):
-        raise TypeError(f"mask: expected a bool tensor (N, h, w) or None, got {getattr(mask, 'shape', mask)!r}")
+    if isinstance(region, torch.Tensor):
+        if region.dtype != torch.bool or region.dim() != 3:
+            raise TypeError(f"region: expected a bool tensor (N, h, w), a RegionIndex or None, got "
+                            f"{region.dtype} {tuple(region.shape)}")
+        region = RegionIndex(region)
+    elif region is not None and not isinstance(region, RegionIndex):
+        raise TypeError(f"region: expected a bool tensor (N, h, w), a RegionIndex or None, got {type(region).__name__}")
     with count_macs() as executed:
-        state = RegionState(mask, backend, executed)
+        state = RegionState(region, backend, executed)
         token = _CURRENT.set(state)
         try:
             yield state
@@ -117,8 +115,9 @@ class RegionConv2d(nn.Conv2d):
     ``relu(residual + res_scale * ((conv(x) + bias) * bn_scale + bn_shift))``, ``residual`` passed to
     ``forward``. Made from an existing conv by ``from_conv``, sharing its parameters under the same
     names (checkpoints keep loading). A folded frozen BatchNorm stays where it was, as a
-    ``FoldedBatchNorm`` (identity, same buffer names); its affine map is applied in this epilogue,
-    never baked into the weights, so that training the conv stays exact. Inside a region the
+    ``FoldedBatchNorm`` (identity, same buffer names). When gradients flow, its affine map is applied
+    in the op's epilogue to the raw parameters, so that training the conv stays exact; for inference
+    it is baked into a cached copy of the weights (``prepared_weights``). Inside a region the
     convolution's output is zero outside it, before the residual and the ReLU are applied.
     """
 
@@ -133,6 +132,7 @@ class RegionConv2d(nn.Conv2d):
         new.folded_bn = (bn,) if bn is not None else ()  # a tuple: a reference, not a submodule
         new.fused_relu = relu
         new.res_scale = res_scale
+        new._prepared = None  # (key, (weight, bias)): see prepared_weights
         return new
 
     def extra_repr(self) -> str:
@@ -142,8 +142,37 @@ class RegionConv2d(nn.Conv2d):
     def macs_per_pixel(self) -> int:
         return self.in_channels // self.groups * self.out_channels * self.kernel_size[0] * self.kernel_size[1]
 
+    def _needs_autograd(self) -> bool:
+        return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (self.weight, self.bias))
+
+    def prepared_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight, bias) with the folded frozen BN's affine baked in, channels_last, in ``dtype``.
+
+        For inference: built once and reused while the weights, the bias and the BN buffers keep
+        their storage and their in-place version counters (an optimizer step, ``load_state_dict``
+        or ``.to()`` changes one of them, and the next call builds it again).
+        """
+        bn = self.folded_bn[0] if self.folded_bn else None
+        tensors = [self.weight, self.bias] + ([] if bn is None else [bn.weight, bn.bias, bn.running_mean, bn.running_var])
+        key = (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+        cached = self._prepared
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            weight, bias = self.weight, self.bias
+            if bn is not None:
+                scale, shift = bn.scale_shift()
+                weight = weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
+                bias = shift if bias is None else bias * scale + shift
+            weight = weight.to(dtype).contiguous(memory_format=torch.channels_last)
+            prepared = (weight, None if bias is None else bias.to(dtype).contiguous())
+        self._prepared = (key, prepared)
+        return prepared
+
     def _conv_bn(self, x: torch.Tensor) -> torch.Tensor:
         """The dense convolution with the folded frozen BN's affine: one pass over the output."""
+        if not self._needs_autograd() and not torch.compiler.is_compiling():
+            return self._conv_forward(x, *self.prepared_weights(self.weight.dtype))
         weight, bias = self.weight, self.bias
         if self.folded_bn:
             scale, shift = self.folded_bn[0].scale_shift()
@@ -162,22 +191,25 @@ class RegionConv2d(nn.Conv2d):
             return self._epilogue(self._conv_bn(x), residual)
         stride_one = (self.stride == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
                       and isinstance(self.padding, tuple))
-        if region.mask is None or region.backend == "dense" or not stride_one:
+        if region.index is None or region.backend == "dense" or not stride_one:
             y = self._conv_bn(x)  # every output pixel computed (and counted), then masked
             region.count_dense_conv(self.weight.shape, y)
             return self._epilogue(_mask_outside(y, region.mask_at(tuple(y.shape[-2:]))), residual)
         h_out = x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1)
         w_out = x.shape[3] + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1)
-        mask = region.mask_at((h_out, w_out))
+        index = region.index_at((h_out, w_out))
         region.count_dense_macs(x.shape[0] * h_out * w_out, self.weight.shape)  # executed: counted by the op
-        scale, shift = self.folded_bn[0].scale_shift() if self.folded_bn else (None, None)
-        weight, bias = self.weight, self.bias
-        if x.dtype != weight.dtype:  # autocast: the region conv runs in the activation dtype
-            weight = weight.to(x.dtype)
-            bias = None if bias is None else bias.to(x.dtype)
+        if not self._needs_autograd() and not torch.compiler.is_compiling():
+            (weight, bias), scale, shift = self.prepared_weights(x.dtype), None, None
+        else:  # training: the raw parameters, the BN affine applied in the op's epilogue (exact gradients)
+            scale, shift = self.folded_bn[0].scale_shift() if self.folded_bn else (None, None)
+            weight, bias = self.weight, self.bias
+            if x.dtype != weight.dtype:  # autocast: the region conv runs in the activation dtype
+                weight = weight.to(x.dtype)
+                bias = None if bias is None else bias.to(x.dtype)
         if residual is not None and residual.dtype != x.dtype:
             residual = residual.to(x.dtype)
-        return region_conv2d(x, weight, bias, mask, self.padding, self.dilation, backend=region.backend,
+        return region_conv2d(x, weight, bias, index, self.padding, self.dilation, backend=region.backend,
                              scale=scale, shift=shift, residual=residual, res_scale=self.res_scale,
                              relu=self.fused_relu)
 

@@ -1,4 +1,4 @@
-"""Test configuration: Triton's interpreter, the hypothesis profiles, and where CamVid is.
+"""Test configuration: Triton's interpreter, the pinned dense fallback, the hypothesis profiles, where CamVid is.
 
 TRITON_INTERPRET must be set before anything decorates a Triton kernel, so it is set here,
 before the tests import sparsecascade: the Triton kernels then run on CPU tensors.
@@ -8,6 +8,10 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# Where "auto" on a CPU falls back to the dense convolution is measured per process in use (see
+# sparsecascade/ops/dense_fallback.py); the tests pin it so that which path runs does not depend on
+# the machine's load. tests/test_dense_fallback.py tests the measurement itself.
+os.environ.setdefault("SPARSECASCADE_DENSE_FALLBACK", "0.8")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -38,6 +38,7 @@ class Mutation:
 CONVERTERS = "tests/test_converters.py"
 SKIP = "tests/test_region_skip.py"
 CONFIDENCE = "tests/test_confidence.py"
+ENGINE = "tests/test_engine.py"
 
 MUTATIONS = [
     Mutation("Bottleneck converter: residual add removed", "sparsecascade/region_blocks.py",
@@ -46,7 +47,7 @@ MUTATIONS = [
     Mutation("Inception-ResNet converters: residual scale ignored", "sparsecascade/region_blocks.py",
              "res_scale=float(m.scale)", "res_scale=1.0", (CONVERTERS,)),
     Mutation("every region conv runs dense (_use_dense always true)", "sparsecascade/ops/region_conv.py",
-             'return backend == "dense" or (backend == "torch-auto" and active > DENSE_FALLBACK_FRACTION * total)',
+             'return backend == "torch-auto" and active > dense_fallback_fraction() * total',
              "return True", (SKIP,)),
     Mutation("folded BatchNorm: shift dropped", "sparsecascade/region.py",
              "return scale, self.bias - self.running_mean * scale", "return scale, torch.zeros_like(scale)",
@@ -58,7 +59,7 @@ MUTATIONS = [
              "iy = oy - pad_h + ky * dil_h", "iy = oy - pad_h + ky",
              (f"{CONVERTERS}::test_converted_module_equals_masked_original_triton",
               "tests/test_triton_kernels.py::test_forward_matches_twin_and_dense")),
-    Mutation("mask resampling between resolutions off by one pixel", "sparsecascade/region.py",
+    Mutation("mask resampling between resolutions off by one pixel", "sparsecascade/ops/region_index.py",
              "m = F.adaptive_max_pool2d(m, size)", "m = F.adaptive_max_pool2d(F.pad(m, (1, 0, 1, 0))[..., :-1, :-1], size)",
              (CONVERTERS,)),
     Mutation("cascade_loss: stage k not restricted to its region", "sparsecascade/losses.py",
@@ -79,6 +80,13 @@ MUTATIONS = [
              (CONVERTERS,)),
     Mutation("stage input handed to an in-place layer", "sparsecascade/cascade.py",
              "features = features.clone()", "features = features", ("tests/test_cascade.py",)),
+    Mutation("prepared inference weights never rebuilt after the parameters change", "sparsecascade/region.py",
+             "key = (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors if t is not None)", "key = (dtype,)",
+             (ENGINE,)),
+    Mutation("every region layer compacts its own mask (no shared RegionIndex)", "sparsecascade/region.py",
+             "index = region.index_at((h_out, w_out))", "index = region.index_at((h_out, w_out)).mask", (ENGINE,)),
+    Mutation("tap tables rebuilt for every layer", "sparsecascade/ops/region_index.py",
+             "table = self._taps.get(geometry)", "table = None", (ENGINE,)),
     Mutation("GroupNorm accepted without dense_modules", "sparsecascade/region.py",
              "SPATIAL_NORMS = (nn.GroupNorm, ", "SPATIAL_NORMS = (", ("tests/test_cascade.py",)),
 ]

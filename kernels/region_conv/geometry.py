@@ -54,3 +54,9 @@ class ConvGeometry:
         valid = (iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width)
         rows = (n[:, None] * self.height + iy.clamp(0, self.height - 1)) * self.width + ix.clamp(0, self.width - 1)
         return rows, valid
+
+    def tap_table(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, padding)``: ``tap_rows(idx)``'s rows, and the flat positions in ``rows.view(-1)`` of
+        the taps that fall into the zero padding (a border band, usually few), which a gather zeroes."""
+        rows, valid = self.tap_rows(idx)
+        return rows, (~valid).reshape(-1).nonzero().squeeze(1)

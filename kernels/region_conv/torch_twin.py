@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .cpu_gemm import gemm_rows
 from .geometry import ConvGeometry
 
 # Rows per GEMM: as many as fit a budget of gathered receptive fields (measured on a 2-core
@@ -22,20 +23,33 @@ def chunk_rows(k: int, element_size: int) -> int:
     return max(MIN_CHUNK_ROWS, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(1, k * element_size)))
 
 
-def _gather_columns(x_rows: torch.Tensor, idx: torch.Tensor, geometry: ConvGeometry):
-    """im2col restricted to the output pixels ``idx``: (P, taps*C_in), plus the tap table."""
+def _gather_columns(x_rows: torch.Tensor, idx: torch.Tensor, geometry: ConvGeometry, taps=None):
+    """im2col restricted to the output pixels ``idx``: (P, taps*C_in), plus the tap table.
+
+    ``taps``: the tap table of ``idx`` if the caller has it (``(rows (P, taps), padding (Q,))``:
+    the input row of every tap, and the flat positions in ``rows`` of the taps in the zero padding).
+    """
     if geometry.is_pointwise:
-        return x_rows.index_select(0, idx), None, None
-    rows, valid = geometry.tap_rows(idx)
-    cols = x_rows.index_select(0, rows.reshape(-1)).view(idx.numel(), geometry.taps, x_rows.shape[1])
+        return x_rows.index_select(0, idx), None
+    rows, padding_taps = geometry.tap_table(idx) if taps is None else taps
+    cols = x_rows.index_select(0, rows.reshape(-1))
     # Taps in the zero padding were clamped to a real row: zero them (also drops any NaN there,
-    # as the dense conv never reads it). Interior chunks, the common case, skip the pass.
-    # index_fill_ writes only the (pixel, tap) rows that fall into the padding (a border band),
-    # not the whole chunk as a masked_fill would.
-    padding_taps = (~valid).reshape(-1).nonzero().squeeze(1)
+    # as the dense conv never reads it). index_fill_ writes only the (pixel, tap) rows that fall
+    # into the padding (a border band), not the whole chunk as a masked_fill would.
     if padding_taps.numel():
-        cols.view(-1, x_rows.shape[1]).index_fill_(0, padding_taps, 0)
-    return cols.view(idx.numel(), -1), rows, valid
+        cols.index_fill_(0, padding_taps, 0)
+    return cols.view(idx.numel(), -1), rows
+
+
+def _chunk_taps(taps, start: int, stop: int, n_taps: int):
+    """The rows [start, stop) of a tap table, with its padding positions shifted to the chunk."""
+    if taps is None:
+        return None
+    rows, padding = taps
+    if padding.numel():
+        lo, hi = start * n_taps, stop * n_taps
+        padding = padding[(padding >= lo) & (padding < hi)] - lo
+    return rows[start:stop], padding
 
 
 def apply_epilogue(acc, *, bias=None, scale=None, shift=None, residual=None, res_scale=1.0, relu=False):
@@ -56,16 +70,16 @@ def apply_epilogue(acc, *, bias=None, scale=None, shift=None, residual=None, res
     return acc
 
 
-def fold_affine(w_mat: torch.Tensor, bias, scale, shift):
-    """(w * scale, (bias * scale + shift)) for a (K, C_out) weight matrix: the per-channel affine of a
+def fold_affine(w_nk: torch.Tensor, bias, scale, shift):
+    """(w * scale, (bias * scale + shift)) for a (C_out, K) weight matrix: the per-channel affine of a
     frozen BatchNorm moved into the GEMM, so that the epilogue is one fused addmm."""
     if scale is not None:
-        w_mat = w_mat * scale.to(w_mat.dtype)
+        w_nk = w_nk * scale.to(w_nk.dtype)[:, None]
         if bias is not None:
-            bias = bias.to(w_mat.dtype) * scale.to(w_mat.dtype)
+            bias = bias.to(w_nk.dtype) * scale.to(w_nk.dtype)
     if shift is not None:
-        bias = shift.to(w_mat.dtype) if bias is None else bias.to(w_mat.dtype) + shift.to(w_mat.dtype)
-    return w_mat, None if bias is None else bias.to(w_mat.dtype)
+        bias = shift.to(w_nk.dtype) if bias is None else bias.to(w_nk.dtype) + shift.to(w_nk.dtype)
+    return w_nk, None if bias is None else bias.to(w_nk.dtype)
 
 
 def region_conv2d_forward_torch(
@@ -81,32 +95,36 @@ def region_conv2d_forward_torch(
     residual: torch.Tensor | None = None,
     res_scale: float = 1.0,
     relu: bool = False,
+    taps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched.
 
     Unlike the Triton launcher, ``weight`` (KH, KW, C_in, C_out) may be any strided view: the
-    permuted view of a channels_last (C_out, C_in, KH, KW) weight is used without a copy.
+    permuted view of a channels_last (C_out, C_in, KH, KW) weight is read as the contiguous
+    (C_out, KH*KW*C_in) matrix it is. ``taps``: the tap table of ``idx`` (``ConvGeometry.tap_table``),
+    if the caller cached it.
     """
     c_in, c_out = x.shape[-1], weight.shape[-1]
     x_rows = x.reshape(-1, c_in)
     out_rows = out.view(-1, c_out)
     residual_rows = residual.reshape(-1, c_out) if residual is not None else None
     low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    w_mat = weight.reshape(-1, c_out)
+    w_nk = weight.permute(3, 0, 1, 2).reshape(c_out, -1)  # free for a channels_last weight
     if low_precision:  # accumulate in fp32, as the Triton kernel does
-        w_mat = w_mat.float()
-    if idx.numel() >= w_mat.shape[0]:
-        # Many rows: fold the affine into the (K, C_out) weights once, one addmm per chunk.
-        w_mat, bias = fold_affine(w_mat, bias, scale, shift)
+        w_nk = w_nk.float()
+    if idx.numel() >= w_nk.shape[1]:
+        # Many rows: fold the affine into the (C_out, K) weights once, one GEMM per chunk.
+        w_nk, bias = fold_affine(w_nk, bias, scale, shift)
         scale = shift = None
     # Few rows (P < K: a deep layer on a small active set): scaling P output rows is cheaper than
     # scaling K weight rows, so the affine stays in the epilogue.
-    step = chunk_rows(w_mat.shape[0], 4)
+    bias = None if bias is None else bias.to(w_nk.dtype)
+    step = chunk_rows(w_nk.shape[1], 4)
     for start in range(0, idx.numel(), step):
         chunk = idx[start : start + step]
-        cols, _, _ = _gather_columns(x_rows, chunk, geometry)
+        cols, _ = _gather_columns(x_rows, chunk, geometry, _chunk_taps(taps, start, start + chunk.numel(), geometry.taps))
         cols = cols.float() if low_precision else cols
-        acc = torch.addmm(bias.to(w_mat.dtype), cols, w_mat) if bias is not None else cols @ w_mat
+        acc = gemm_rows(cols, w_nk, bias)
         acc = apply_epilogue(
             acc, scale=scale, shift=shift, res_scale=res_scale, relu=relu,
             residual=None if residual_rows is None else residual_rows.index_select(0, chunk),
@@ -123,10 +141,12 @@ def region_conv2d_backward_torch(
     *,
     need_input: bool = True,
     need_weight: bool = True,
+    taps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """Gradients of the raw region conv from ``grad_rows`` (P, C_out) at the active rows.
 
     Returns (grad_x (N, H, W, C_in) fp32 or None, grad_weight (KH, KW, C_in, C_out) fp32 or None).
+    ``taps``: the tap table of ``idx`` (``ConvGeometry.tap_table``), if the caller cached it.
     """
     n_img, height, width, c_in = x.shape
     c_out = weight.shape[-1]
@@ -136,22 +156,27 @@ def region_conv2d_backward_torch(
     grad_w = torch.zeros_like(w_mat) if need_weight else None
     # One extra row swallows the contributions of taps that fall into the zero padding.
     spill_row = n_img * height * width
+    if taps is None and not geometry.is_pointwise:
+        taps = geometry.tap_table(idx)
     grad_x = x.new_zeros((spill_row + 1, c_in), dtype=acc_dtype) if need_input else None
     step = chunk_rows(w_mat.shape[0], 4)
     for start in range(0, idx.numel(), step):
         chunk = idx[start : start + step]
         g = grad_rows[start : start + step].to(acc_dtype)
+        chunk_taps = _chunk_taps(taps, start, start + chunk.numel(), geometry.taps)
         if need_weight:
-            cols, rows, valid = _gather_columns(x_rows, chunk, geometry)
+            cols, rows = _gather_columns(x_rows, chunk, geometry, chunk_taps)
             grad_w.addmm_(cols.to(acc_dtype).t(), g)
         elif not geometry.is_pointwise:
-            rows, valid = geometry.tap_rows(chunk)
+            rows = chunk_taps[0]
         if need_input:
             grad_cols = g @ w_mat.t()
             if geometry.is_pointwise:
                 grad_x.index_add_(0, chunk, grad_cols)
             else:
-                target = rows.masked_fill(~valid, spill_row).reshape(-1)
+                target = rows.reshape(-1)
+                if chunk_taps[1].numel():  # taps in the zero padding write to the spill row
+                    target = target.index_fill(0, chunk_taps[1], spill_row)
                 grad_x.index_add_(0, target, grad_cols.view(-1, c_in))
     if grad_x is not None:
         grad_x = grad_x[:spill_row].view(n_img, height, width, c_in)

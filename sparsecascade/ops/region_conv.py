@@ -9,7 +9,9 @@ the unfused ``act(r + s * region_conv2d(...))`` computes it).
 This file holds the argument checks, the layout conversion (NCHW API, NHWC kernels), the
 backend dispatch, the autograd formula and the MAC count. The op is registered with
 ``torch.library`` so that ``torch.compile`` keeps it as one opaque node (no graph break),
-forward and backward.
+forward and backward; eager inference calls its implementation directly (no dispatch cost).
+The active set arrives as a ``RegionIndex`` (compacted once per stage, tap tables cached) or as a
+bare mask, compacted here.
 
 MACs: inside ``count_macs()``, every forward adds the multiply-accumulates of the rows it hands
 to a kernel (the active rows), or of every output pixel when it runs the dense convolution.
@@ -18,19 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels import ConvGeometry, region_conv2d_backward_torch, region_conv2d_forward_torch
 from ._backend import resolve_backend, triton_region_conv
-
-# Above this active fraction the CPU path ("auto" on a CPU) runs the dense convolution and
-# masks it: gathering every receptive field costs more than the arithmetic it saves
-# (measured by `python -m sparsecascade.bench kernels`: the gather path is ~1.5x dense at f = 1).
-DENSE_FALLBACK_FRACTION = 0.8
-
+from .dense_fallback import dense_fallback_fraction
+from .region_index import RegionIndex
 
 class MacCount:
     """Multiply-accumulates executed inside one ``count_macs()`` block."""
@@ -146,7 +144,7 @@ def _geometry_of(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> Co
 
 
 def _use_dense(backend: str, active: int, total: int) -> bool:
-    return backend == "dense" or (backend == "torch-auto" and active > DENSE_FALLBACK_FRACTION * total)
+    return backend == "torch-auto" and active > dense_fallback_fraction() * total
 
 
 def _kernel_backend(backend: str, device: torch.device) -> str:
@@ -175,12 +173,24 @@ def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scal
     return y.contiguous(memory_format=torch.channels_last)
 
 
-@torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
-def _region_conv2d_op(
+def _compacted(mask: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
+    """The active rows: as given (a ``RegionIndex``'s), or compacted here from a bare mask under
+    ``torch.compile``, where a data-dependent size may not leave the op."""
+    return mask.reshape(-1).nonzero().squeeze(1) if idx is None else idx
+
+
+def _taps(tap_rows: Optional[torch.Tensor], tap_padding: Optional[torch.Tensor]):
+    return None if tap_rows is None else (tap_rows, tap_padding)
+
+
+def _region_conv2d_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     mask: torch.Tensor,
+    idx: Optional[torch.Tensor],
+    tap_rows: Optional[torch.Tensor],
+    tap_padding: Optional[torch.Tensor],
     scale: Optional[torch.Tensor],
     shift: Optional[torch.Tensor],
     residual: Optional[torch.Tensor],
@@ -191,7 +201,7 @@ def _region_conv2d_op(
     backend: str,
 ) -> torch.Tensor:
     geometry = _geometry_of(x, weight, padding, dilation)
-    idx = mask.reshape(-1).nonzero().squeeze(1)
+    idx = _compacted(mask, idx)
     contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
     epilogue = dict(bias=contiguous(bias), scale=contiguous(scale), shift=contiguous(shift),
                     res_scale=res_scale, relu=relu)
@@ -199,30 +209,54 @@ def _region_conv2d_op(
         record_macs(mask.numel(), weight.shape)
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
     x_nhwc = _nhwc(x)
-    # (KH, KW, C_in, C_out); the torch twin takes the view as it is (free for a channels_last weight)
+    # (KH, KW, C_in, C_out): both kernels read the view through its strides (free for a channels_last weight)
     w_khwc = weight.permute(2, 3, 1, 0)
     # Allocated as a channels_last (N, C, H, W) tensor and written through its NHWC view: the op
     # returns the base tensor, never a view (autograd forbids in-place ops on custom-op views).
     out_shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     if residual is None:
-        result = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
+        result = torch.zeros(out_shape, dtype=x.dtype, device=x.device).contiguous(memory_format=torch.channels_last)
     elif relu:  # outside the mask: relu(residual); the kernel overwrites the active rows
         result = torch.relu(residual).contiguous(memory_format=torch.channels_last)
     else:
         result = residual.clone(memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)
     res_nhwc = None if residual is None else _nhwc(residual)
-    forward = region_conv2d_forward_torch
-    if backend == "triton":
-        forward, w_khwc = triton_region_conv()[0], w_khwc.contiguous()
     if idx.numel():
-        forward(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
+        if backend == "triton":
+            triton_region_conv()[0](x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc, **epilogue)
+        else:
+            region_conv2d_forward_torch(x_nhwc, w_khwc, idx, out, geometry, residual=res_nhwc,
+                                        taps=_taps(tap_rows, tap_padding), **epilogue)
         record_macs(idx.numel(), weight.shape)
     return result
 
 
+@torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
+def _region_conv2d_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    idx: Optional[torch.Tensor],
+    tap_rows: Optional[torch.Tensor],
+    tap_padding: Optional[torch.Tensor],
+    scale: Optional[torch.Tensor],
+    shift: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    res_scale: float,
+    relu: bool,
+    backend: str,
+) -> torch.Tensor:
+    return _region_conv2d_forward(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual,
+                                  padding, dilation, res_scale, relu, backend)
+
+
 @_region_conv2d_op.register_fake
-def _(x, weight, bias, mask, scale, shift, residual, padding, dilation, res_scale, relu, backend):
+def _(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
+      backend):
     geometry = _geometry_of(x, weight, padding, dilation)
     shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
@@ -235,6 +269,9 @@ def _region_conv2d_backward_op(
     x: torch.Tensor,
     weight: torch.Tensor,
     mask: torch.Tensor,
+    idx: Optional[torch.Tensor],
+    tap_rows: Optional[torch.Tensor],
+    tap_padding: Optional[torch.Tensor],
     scale: Optional[torch.Tensor],
     padding: Sequence[int],
     dilation: Sequence[int],
@@ -249,7 +286,7 @@ def _region_conv2d_backward_op(
     """(grad_x, grad_weight, grad_bias, grad_residual); an unneeded one is an empty tensor."""
     c_out = weight.shape[0]
     geometry = _geometry_of(x, weight, padding, dilation)
-    idx = mask.reshape(-1).nonzero().squeeze(1)
+    idx = _compacted(mask, idx)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     g_nhwc = _nhwc(grad_out)
     g_rows = g_nhwc.view(-1, c_out).index_select(0, idx).to(acc)
@@ -277,12 +314,13 @@ def _region_conv2d_backward_op(
                 [needs_input_grad, needs_weight_grad, False],
             )
         else:
-            backward = triton_region_conv()[1] if backend == "triton" else region_conv2d_backward_torch
             w_khwc = weight.permute(2, 3, 1, 0)
-            gx, gw = backward(
-                g_conv.contiguous(), _nhwc(x), w_khwc.contiguous() if backend == "triton" else w_khwc, idx, geometry,
-                need_input=needs_input_grad, need_weight=needs_weight_grad,
-            )
+            needs = dict(need_input=needs_input_grad, need_weight=needs_weight_grad)
+            if backend == "triton":
+                gx, gw = triton_region_conv()[1](g_conv.contiguous(), _nhwc(x), w_khwc, idx, geometry, **needs)
+            else:
+                gx, gw = region_conv2d_backward_torch(g_conv.contiguous(), _nhwc(x), w_khwc, idx, geometry,
+                                                      taps=_taps(tap_rows, tap_padding), **needs)
             grad_x = None if gx is None else gx.to(x.dtype).permute(0, 3, 1, 2)
             grad_w = None if gw is None else gw.to(weight.dtype).permute(3, 2, 0, 1).contiguous()
     grad_x = empty() if grad_x is None else grad_x
@@ -291,8 +329,8 @@ def _region_conv2d_backward_op(
 
 
 @_region_conv2d_backward_op.register_fake
-def _(grad_out, out, x, weight, mask, scale, padding, dilation, res_scale, relu, has_bias, has_residual,
-      needs_input_grad, needs_weight_grad, backend):
+def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding, dilation, res_scale, relu,
+      has_bias, has_residual, needs_input_grad, needs_weight_grad, backend):
     return (
         torch.empty_like(x) if needs_input_grad else x.new_empty(0),
         torch.empty_like(weight) if needs_weight_grad else x.new_empty(0),
@@ -302,25 +340,26 @@ def _(grad_out, out, x, weight, mask, scale, padding, dilation, res_scale, relu,
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, mask, scale, shift, residual, padding, dilation, res_scale, relu, backend = inputs
-    ctx.save_for_backward(x, weight, mask, scale, output if relu else None)
+    (x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
+     backend) = inputs
+    ctx.save_for_backward(x, weight, mask, idx, tap_rows, tap_padding, scale, output if relu else None)
     ctx.options = (padding, dilation, res_scale, relu, bias is not None, residual is not None, backend)
 
 
 def _backward(ctx, grad_out):
-    x, weight, mask, scale, out = ctx.saved_tensors
+    x, weight, mask, idx, tap_rows, tap_padding, scale, out = ctx.saved_tensors
     padding, dilation, res_scale, relu, has_bias, has_residual, backend = ctx.options
     needs = ctx.needs_input_grad
     grad_x, grad_w, grad_b, grad_r = _region_conv2d_backward_op(
-        grad_out, out if out is not None else grad_out, x, weight, mask, scale, padding, dilation,
-        res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend,
+        grad_out, out if out is not None else grad_out, x, weight, mask, idx, tap_rows, tap_padding, scale,
+        padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend,
     )
     return (
         grad_x if needs[0] else None,
         grad_w if needs[1] else None,
         grad_b if has_bias and needs[2] else None,
-        None, None, None,
-        grad_r if has_residual and needs[6] else None,
+        None, None, None, None, None, None,
+        grad_r if has_residual and needs[9] else None,
         None, None, None, None, None,
     )
 
@@ -332,7 +371,7 @@ def region_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
-    mask: torch.Tensor,
+    mask: Union[torch.Tensor, RegionIndex],
     padding=0,
     dilation=1,
     backend: str = "auto",
@@ -350,18 +389,33 @@ def region_conv2d(
     + shift), 0))`` with absent terms dropped (``act`` is ReLU if ``relu``, else the identity; no
     residual: zeros outside the mask, and ``conv2d(...) * mask[:, None]`` for finite inputs).
     Stride 1 only; ``padding`` and ``dilation`` as in ``F.conv2d`` (int or pair). ``mask`` is a bool
-    ``(N, H_out, W_out)`` tensor.
+    ``(N, H_out, W_out)`` tensor, or a ``RegionIndex`` of one, which carries the compacted indices and
+    the tap tables from layer to layer (a bare mask is compacted here, one ``nonzero`` per call).
 
     ``scale``/``shift`` (per output channel) fold a frozen BatchNorm and receive no gradient.
-    ``backend``: "auto" (Triton on CUDA; on a CPU the torch path, which runs the dense conv when more
-    than ``DENSE_FALLBACK_FRACTION`` of the pixels are active), "torch" (always gather-GEMM-scatter)
-    or "triton". The result is channels_last; its cost, forward and backward, is proportional to the
-    number of active pixels.
+    ``backend``: "auto" (Triton on CUDA; on a CPU the torch path, which runs the dense conv above the
+    active fraction ``dense_fallback_fraction()`` measured on this processor), "torch" (always
+    gather-GEMM-scatter) or "triton". The result is channels_last; its cost, forward and backward,
+    is proportional to the number of active pixels.
     """
-    geometry = check_region_conv_args(input, weight, bias, mask, padding, dilation, stride, scale, shift, residual)
+    index = mask if isinstance(mask, RegionIndex) else None
+    geometry = check_region_conv_args(input, weight, bias, mask if index is None else index.mask, padding, dilation,
+                                      stride, scale, shift, residual)
     kernel_backend = _kernel_backend(backend, input.device)
-    return _region_conv2d_op(
-        input, weight, bias, mask, scale, shift, residual,
-        [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
-        float(res_scale), bool(relu), kernel_backend,
-    )
+    tap_rows = tap_padding = idx = None
+    if index is None and not torch.compiler.is_compiling():
+        index = RegionIndex(mask)
+    if index is not None:
+        idx = index.rows
+        if (kernel_backend != "triton" and not geometry.is_pointwise and index.count
+                and not _use_dense(kernel_backend, index.count, index.numel)):
+            tap_rows, tap_padding = index.taps(geometry)
+    args = (input, weight, bias, mask if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
+            residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
+            float(res_scale), bool(relu), kernel_backend)
+    if index is not None and not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, weight, bias, residual))):
+        # Inference in eager mode: no autograd to record and no graph to trace, so the op's
+        # dispatch (tens of microseconds, more than a small layer's arithmetic) is skipped.
+        return _region_conv2d_forward(*args)
+    return _region_conv2d_op(*args)

@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-from .ops import MacCount, RegionIndex, count_macs, record_macs, region_conv2d
+from .ops import MacCount, RegionIndex, count_macs, record_macs
+from .ops.region_conv import check_region_conv_args, run_region_conv
 
 EXECUTION_BACKENDS = ("auto", "torch", "triton", "dense")
 
@@ -133,6 +134,7 @@ class RegionConv2d(nn.Conv2d):
         new.fused_relu = relu
         new.res_scale = res_scale
         new._prepared = None  # (key, (weight, bias)): see prepared_weights
+        new._checked = {}  # kind of call -> its ConvGeometry: see forward
         return new
 
     def extra_repr(self) -> str:
@@ -209,9 +211,17 @@ class RegionConv2d(nn.Conv2d):
                 bias = None if bias is None else bias.to(x.dtype)
         if residual is not None and residual.dtype != x.dtype:
             residual = residual.to(x.dtype)
-        return region_conv2d(x, weight, bias, index, self.padding, self.dilation, backend=region.backend,
-                             scale=scale, shift=shift, residual=residual, res_scale=self.res_scale,
-                             relu=self.fused_relu)
+        # region_conv2d's checks, once per kind of call (shapes, dtypes, devices): they cost more than a
+        # small layer's arithmetic, and a module's own weights and its stage's index pass them by construction
+        key = (x.shape, x.dtype, x.device, weight.dtype, weight.device, bias is None, scale is None,
+               None if residual is None else (residual.shape, residual.dtype, residual.device), index.mask.shape,
+               index.mask.device)
+        geometry = self._checked.get(key)
+        if geometry is None:
+            geometry = self._checked[key] = check_region_conv_args(
+                x, weight, bias, index.mask, self.padding, self.dilation, 1, scale, shift, residual)
+        return run_region_conv(x, weight, bias, index, geometry, region.backend, scale=scale, shift=shift,
+                               residual=residual, res_scale=self.res_scale, relu=self.fused_relu)
 
 
 class FoldedBatchNorm(nn.Module):

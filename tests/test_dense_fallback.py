@@ -60,25 +60,29 @@ def test_both_gemm_primitives_compute_the_product(monkeypatch, choice):
     """Whichever primitive the measurement picks, the region conv equals the masked dense conv."""
     if choice == "onednn" and not cpu_gemm._onednn_available():
         pytest.skip("this torch build has no oneDNN")
-    monkeypatch.setattr(cpu_gemm, "_chosen", choice)
+    monkeypatch.setattr(cpu_gemm, "_chosen", {"small": choice, "large": choice})
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 9, 11, generator=gen)
     w = torch.randn(24, 16, 3, 3, generator=gen)
     b = torch.randn(24, generator=gen)
     mask = torch.rand(2, 9, 11, generator=gen) < 0.5
+    calls = []
+    primitive = getattr(cpu_gemm, f"_{choice}")
+    monkeypatch.setattr(cpu_gemm, f"_{choice}", lambda *a: calls.append(1) or primitive(*a))
     y = sc.region_conv2d(x, w, b, mask, padding=1, backend="torch")
     want = torch.where(mask[:, None], torch.nn.functional.conv2d(x, w, b, padding=1), 0)
     torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
-    assert cpu_gemm.chosen_gemm() == choice
+    assert calls, f"{choice} did not run the product"
 
 
 def test_gemm_choice_is_measured_and_pinnable(monkeypatch):
     monkeypatch.setattr(cpu_gemm, "_chosen", None)
     monkeypatch.delenv("SPARSECASCADE_CPU_GEMM", raising=False)
-    assert cpu_gemm.chosen_gemm() in cpu_gemm.GEMM_CHOICES
+    assert cpu_gemm.chosen_gemm(1) in cpu_gemm.GEMM_CHOICES
+    assert cpu_gemm.chosen_gemm(1 << 30) in cpu_gemm.GEMM_CHOICES
     monkeypatch.setattr(cpu_gemm, "_chosen", None)
     monkeypatch.setenv("SPARSECASCADE_CPU_GEMM", "mkl")
-    assert cpu_gemm.chosen_gemm() == "mkl"
+    assert cpu_gemm.chosen_gemm(1) == cpu_gemm.chosen_gemm(1 << 30) == "mkl"
     monkeypatch.setattr(cpu_gemm, "_chosen", None)
     monkeypatch.setenv("SPARSECASCADE_CPU_GEMM", "blas")
     with pytest.raises(ValueError, match="SPARSECASCADE_CPU_GEMM: expected one of"):

@@ -94,7 +94,9 @@ def test_mac_ratio_hand_counted(val_data):
     assert everything_at_stage_1.stop_fractions == [1.0, 0.0, 0.0]
     assert everything_at_stage_1.mac_ratio == pytest.approx(STAGE1 / (STAGE1 + 2 * STAGE23))
     dense = evaluate(model, val_data, rho=1.0)
-    assert dense.stop_fractions == [0.0, 0.0, 1.0] and dense.mac_ratio == 1.0
+    # rho = 1: every stage on every pixel, and only the last head (heads 1 and 2 could stop nothing)
+    assert dense.stop_fractions == [0.0, 0.0, 1.0]
+    assert dense.mac_ratio == pytest.approx((STAGE1 + 2 * STAGE23 - 2 * HEAD) / (STAGE1 + 2 * STAGE23))
 
 
 def test_rho_sweep_writes_table_and_plot(val_data, tmp_path):

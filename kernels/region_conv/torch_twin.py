@@ -46,6 +46,8 @@ def _chunk_taps(taps, start: int, stop: int, n_taps: int):
     if taps is None:
         return None
     rows, padding = taps
+    if start == 0 and stop == rows.shape[0]:  # one chunk: the whole table
+        return taps
     if padding.numel():
         lo, hi = start * n_taps, stop * n_taps
         padding = padding[(padding >= lo) & (padding < hi)] - lo

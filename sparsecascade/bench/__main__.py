@@ -1,10 +1,11 @@
-"""``python -m sparsecascade.bench {kernels,cascade} [options]``."""
+"""``python -m sparsecascade.bench {kernels,cascade,real,train_step} [options]``."""
 import sys
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"kernels": "sparsecascade.bench.kernels", "cascade": "sparsecascade.bench.cascade",
+                "real": "sparsecascade.bench.real",
                 "train_step": "sparsecascade.bench.train_step"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m sparsecascade.bench {{{','.join(commands)}}} [options]  (--help for each)")

@@ -215,7 +215,7 @@ def _region_conv2d_forward(
     # returns the base tensor, never a view (autograd forbids in-place ops on custom-op views).
     out_shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     if residual is None:
-        result = torch.zeros(out_shape, dtype=x.dtype, device=x.device).contiguous(memory_format=torch.channels_last)
+        result = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
     elif relu:  # outside the mask: relu(residual); the kernel overwrites the active rows
         result = torch.relu(residual).contiguous(memory_format=torch.channels_last)
     else:
@@ -401,19 +401,31 @@ def region_conv2d(
     index = mask if isinstance(mask, RegionIndex) else None
     geometry = check_region_conv_args(input, weight, bias, mask if index is None else index.mask, padding, dilation,
                                       stride, scale, shift, residual)
-    kernel_backend = _kernel_backend(backend, input.device)
-    tap_rows = tap_padding = idx = None
     if index is None and not torch.compiler.is_compiling():
         index = RegionIndex(mask)
+    return run_region_conv(input, weight, bias, mask if index is None else index, geometry, backend, scale=scale,
+                           shift=shift, residual=residual, res_scale=res_scale, relu=relu)
+
+
+def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex], geometry: ConvGeometry,
+                    backend: str = "auto", *, scale=None, shift=None, residual=None, res_scale: float = 1.0,
+                    relu: bool = False) -> torch.Tensor:
+    """``region_conv2d`` without its argument checks, for callers whose arguments are valid by
+    construction (``RegionConv2d``: its own weights, the stage's index at the layer's output size):
+    a small layer's checks cost more than its arithmetic. ``region`` is a ``RegionIndex``, or a bare
+    mask under ``torch.compile``."""
+    index = region if isinstance(region, RegionIndex) else None
+    kernel_backend = _kernel_backend(backend, input.device)
+    tap_rows = tap_padding = idx = None
     if index is not None:
         idx = index.rows
         if (kernel_backend != "triton" and not geometry.is_pointwise and index.count
                 and not _use_dense(kernel_backend, index.count, index.numel)):
             tap_rows, tap_padding = index.taps(geometry)
-    args = (input, weight, bias, mask if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
+    args = (input, weight, bias, region if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
             residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
             float(res_scale), bool(relu), kernel_backend)
-    if index is not None and not (torch.is_grad_enabled() and any(
+    if index is not None and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (input, weight, bias, residual))):
         # Inference in eager mode: no autograd to record and no graph to trace, so the op's
         # dispatch (tens of microseconds, more than a small layer's arithmetic) is skipped.

@@ -319,6 +319,36 @@ def test_backward_pointwise_and_split_paths(kernel, pad):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("p_fraction", [0.0, 0.05, 0.9])
+def test_launch_choices_for_a_symbolic_row_count(monkeypatch, p_fraction):
+    """Under torch.compile P may be symbolic (``triton_common.known`` returns None): the launchers
+    then launch even for P = 0 (an empty grid), bound the input-side row list by N*H*W, fix the
+    grad-weight split by the other shapes (splits past the last row store zeros) and prune tiles by
+    channels alone. Those choices run here for real, P concrete but treated as unknown."""
+    from sparsecascade.kernels.region_conv import triton_backward, triton_forward
+
+    g = ConvGeometry(9, 7, 3, 3, 1, 1)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 9, 7, 16, generator=gen).to(DEVICE)
+    weight = (torch.randn(3, 3, 16, 5, generator=gen) / 12).to(DEVICE)
+    idx = (torch.rand(2 * 63, generator=gen) < p_fraction).nonzero().squeeze(1).to(DEVICE)
+    grad_rows = torch.randn(idx.numel(), 5, generator=gen).to(DEVICE)
+    want_out = torch.full((2, 9, 7, 5), float("nan"), device=DEVICE)
+    region_conv2d_forward_torch(x, weight, idx, want_out, g, relu=True)
+    want = region_conv2d_backward_torch(grad_rows, x, weight, idx, g)
+    unknown = lambda n: None  # noqa: E731
+    monkeypatch.setattr(triton_forward, "known", unknown)
+    monkeypatch.setattr(triton_backward, "known", unknown)
+    monkeypatch.setattr(triton_backward, "num_sms", lambda device: 64)  # a GPU's worth of splits
+    split, _ = triton_backward.grad_weight_split(idx.numel(), g, 16, 5, DEVICE)
+    assert split > max(1, idx.numel() // 32)  # more splits than rows to fill: some store zeros
+    out = torch.full((2, 9, 7, 5), float("nan"), device=DEVICE)
+    region_conv2d_forward_triton(x, weight, idx, out, g, relu=True)
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5, equal_nan=True)
+    for got, ref in zip(region_conv2d_backward_triton(grad_rows, x, weight, idx, g), want):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_forward_tf32_follows_torch_switch(enabled):
     """allow_tf32=None reads torch's cuDNN TF32 switch at call time; the kernel's error against a

@@ -101,12 +101,16 @@ def compact_rows_kernel(next_ptr, offset_ptr, out_ptr, M, BLOCK_M: tl.constexpr)
     tl.store(out_ptr + pos, offs_m.to(tl.int64), mask=mask_m & (flag != 0))
 
 
-def confidence_threshold_forward_triton(logits: torch.Tensor, rho: float, active: torch.Tensor | None):
+def confidence_threshold_forward_triton(logits: torch.Tensor, rho: float, active: torch.Tensor | None, *,
+                                        wrap_kernel=None):
     """Softmax confidence, label and stop decision per pixel row; compacted next active set.
 
     ``logits`` (M, C) rows; ``active`` (M,) bool or None. Returns (labels int64, confidence fp32,
     stop bool, next_active bool, next_idx int64), as ``confidence_threshold_forward_torch``.
+    ``wrap_kernel``: applied to both kernels before their launch (``torch.library.wrap_triton``
+    inside a ``torch.library.triton_op``); None launches them directly.
     """
+    wrap = wrap_kernel or (lambda kernel: kernel)
     assert logits.dim() == 2, "logits must be (M, C)"
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -127,7 +131,7 @@ def confidence_threshold_forward_triton(logits: torch.Tensor, rho: float, active
     block_m, block_c, num_warps = launch_params(c)
     n_blocks = triton.cdiv(m, block_m)
     counts = torch.empty(n_blocks, dtype=torch.int32, device=device)
-    confidence_rows_kernel[(n_blocks,)](
+    wrap(confidence_rows_kernel)[(n_blocks,)](
         logits, active_u8, labels, confidence, stop.view(torch.uint8), next_active.view(torch.uint8), counts,
         m, c, logits.stride(0), float(rho),
         HAS_ACTIVE=active is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
@@ -137,5 +141,5 @@ def confidence_threshold_forward_triton(logits: torch.Tensor, rho: float, active
     next_idx = torch.empty(total, dtype=torch.int64, device=device)
     if total > 0:
         offsets = ends - counts
-        compact_rows_kernel[(n_blocks,)](next_active.view(torch.uint8), offsets, next_idx, m, BLOCK_M=block_m)
+        wrap(compact_rows_kernel)[(n_blocks,)](next_active.view(torch.uint8), offsets, next_idx, m, BLOCK_M=block_m)
     return labels, confidence, stop, next_active, next_idx

@@ -35,10 +35,11 @@ from .triton_common import (
     PRECISIONS,
     dot_precision,
     interpreter_config,
+    known,
     launch,
-    load_output_pixels,
     make_configs,
     num_sms,
+    output_pixel_coords,
     p_bucket,
     precision_class,
     prune,
@@ -161,8 +162,9 @@ def _input_pruner(precision: str):
 def _weight_pruner(precision: str):
     def early_config_prune(configs, nargs, **kwargs):
         a = {**nargs, **kwargs}
-        return grad_weight_prune(precision, rows=min(a["P"], a["ROWS_PER_SPLIT"]), c_in=a["C_in"],
-                                 c_out=a["C_out"], configs=configs)
+        p, per_split = known(a["P"]), known(a["ROWS_PER_SPLIT"])
+        rows = None if p is None or per_split is None else min(p, per_split)
+        return grad_weight_prune(precision, rows=rows, c_in=a["C_in"], c_out=a["C_out"], configs=configs)
 
     return early_config_prune
 
@@ -178,7 +180,8 @@ def region_conv2d_input_map_kernel(
     Every store of a location writes the same value: the result does not depend on the order."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < P
-    pix, n, oy, ox = load_output_pixels(idx_ptr, offs, mask, H_out, W_out)
+    pix = tl.load(idx_ptr + offs, mask=mask, other=0).to(tl.int32)
+    n, oy, ox = output_pixel_coords(pix, H_out, W_out)
     tl.store(pos_ptr + pix.to(tl.int64), offs, mask=mask)
     one = tl.full((BLOCK,), 1, dtype=tl.int8)
     for tap in range(0, KH * KW):
@@ -291,7 +294,8 @@ def region_conv2d_bwd_weight_kernel(
     for p0 in range(p_start, p_end, BLOCK_P):
         offs_p = p0 + arange_p
         mask_p = offs_p < p_end
-        _, n, oy, ox = load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out)
+        pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
+        n, oy, ox = output_pixel_coords(pix, H_out, W_out)
         row, valid = tap_input_rows(n, oy, ox, mask_p, tap, H, W, pad_h, pad_w, dil_h, dil_w, KW)
         # x_gathered^T [ci, p]; padding taps read 0
         xt_ptrs = x_ptr + row[None, :] * C_in + offs_ci[:, None]
@@ -341,14 +345,16 @@ _bwd_weight_tuned = {
 }
 
 
-def build_input_index(idx: torch.Tensor, geometry: ConvGeometry, n_img: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def build_input_index(idx: torch.Tensor, geometry: ConvGeometry, n_img: int, *,
+                      wrap_kernel=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The input-side index of an active set, on the device, without a host sync.
 
     Returns (rows, pos): ``rows`` the sorted input rows (linear in N*H*W) that some active
-    output pixel reads, padded with -1 to min(N*H*W, P*taps) entries (the count is not known on
-    the host); ``pos`` (N*H_out*W_out,) int32, the position in ``idx`` of each output pixel, -1
+    output pixel reads, padded with -1 to min(N*H*W, P*taps) entries (N*H*W for a symbolic P
+    under torch.compile; the count is not known on the host); ``pos`` (N*H_out*W_out,) int32, the position in ``idx`` of each output pixel, -1
     where inactive. For a pointwise conv, (idx, None). Depends only on (idx, geometry, N):
     callers may build it once per active set and pass it to every layer of that geometry.
+    ``wrap_kernel``: as in ``region_conv2d_backward_triton``.
     """
     if geometry.is_pointwise:
         return idx, None
@@ -357,13 +363,15 @@ def build_input_index(idx: torch.Tensor, geometry: ConvGeometry, n_img: int) -> 
     p = idx.numel()
     pos = torch.full((n_img * h_out * w_out,), -1, dtype=torch.int32, device=idx.device)
     touched = torch.zeros(n_in, dtype=torch.int8, device=idx.device)
-    if p > 0:
-        region_conv2d_input_map_kernel[(triton.cdiv(p, MAP_BLOCK),)](
+    if known(p) != 0:
+        map_kernel = region_conv2d_input_map_kernel if wrap_kernel is None else wrap_kernel(region_conv2d_input_map_kernel)
+        map_kernel[(triton.cdiv(p, MAP_BLOCK),)](
             idx, pos, touched, p, geometry.height, geometry.width, h_out, w_out,
             geometry.pad_h, geometry.pad_w, geometry.dil_h, geometry.dil_w,
             KH=geometry.kernel_h, KW=geometry.kernel_w, BLOCK=MAP_BLOCK,
         )
-    bound = max(1, min(n_in, p * geometry.taps))
+    # rows touched: at most P*taps; a symbolic P (torch.compile) takes the static bound N*H*W
+    bound = max(1, n_in if known(p) is None else min(n_in, p * geometry.taps))
     try:
         rows = torch.nonzero_static(touched, size=bound, fill_value=-1).squeeze(1)
     except (NotImplementedError, RuntimeError):  # pragma: no cover - torch without nonzero_static on this device
@@ -373,13 +381,20 @@ def build_input_index(idx: torch.Tensor, geometry: ConvGeometry, n_img: int) -> 
     return rows, pos
 
 
-def grad_weight_split(p: int, geometry: ConvGeometry, c_in: int, c_out: int, device: torch.device) -> tuple[int, int]:
+def grad_weight_split(p, geometry: ConvGeometry, c_in: int, c_out: int, device: torch.device) -> tuple[int, object]:
     """(SPLIT, rows per split) of the grad-weight reduction: enough programs for about two waves
     when the weight tiles alone are few, each split at least MIN_ROWS_PER_SPLIT rows. Independent
-    of the autotuned tile, so the summation order is a function of the shapes and the GPU."""
+    of the autotuned tile, so the summation order is a function of the shapes and the GPU.
+
+    A symbolic P (traced by torch.compile, see ``known``): SPLIT from the other shapes alone (the
+    buffer of partials needs a static size) and a symbolic row count per split; splits past the
+    last row store zeros."""
     min_rows = 32 if triton_interpreting() else MIN_ROWS_PER_SPLIT  # interpreter tests: small P
     tiles = geometry.taps * triton.cdiv(c_in, 64) * triton.cdiv(c_out, 64)
-    split = max(1, min(triton.cdiv(2 * num_sms(device), tiles), p // min_rows))
+    waves = max(1, triton.cdiv(2 * num_sms(device), tiles))
+    if known(p) is None:
+        return waves, triton.cdiv(triton.cdiv(p, waves), SPLIT_ROW_QUANTUM) * SPLIT_ROW_QUANTUM
+    split = max(1, min(waves, p // min_rows))
     rows = triton.cdiv(triton.cdiv(max(p, 1), split), SPLIT_ROW_QUANTUM) * SPLIT_ROW_QUANTUM
     return triton.cdiv(max(p, 1), rows), rows
 
@@ -395,6 +410,7 @@ def region_conv2d_backward_triton(
     need_weight: bool = True,
     allow_tf32: bool | None = None,
     input_index: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    wrap_kernel=None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the raw region conv from ``grad_rows`` (P, C_out) at the active rows.
 
@@ -403,6 +419,8 @@ def region_conv2d_backward_triton(
     ``allow_tf32``: None follows torch's cuDNN TF32 switch (as ``F.conv2d``'s backward does).
     For fp16/bf16 ``x``, ``grad_rows`` is rounded to that dtype for the tensor-core GEMMs.
     ``input_index``: ``build_input_index(idx, geometry, N)``, if the caller already has it.
+    ``wrap_kernel``: applied to every kernel before its launch (``torch.library.wrap_triton`` inside
+    a ``torch.library.triton_op``); None launches them directly.
     """
     n_img, height, width, c_in = x.shape
     kh, kw, w_cin, c_out = weight.shape
@@ -415,8 +433,9 @@ def region_conv2d_backward_triton(
     h_out, w_out = geometry.out_height, geometry.out_width
     assert max(n_img * height * width, n_img * h_out * w_out) < 2**31, "pixel indices must fit in int32"
     strides = weight_strides(weight)
-    p = idx.numel()
-    assert grad_rows.shape == (p, c_out), f"grad_rows has shape {tuple(grad_rows.shape)}, expected {(p, c_out)}"
+    p = idx.numel()  # symbolic under torch.compile when idx is compacted in the graph (see known())
+    assert grad_rows.dim() == 2 and grad_rows.shape[1] == c_out, f"grad_rows has shape {tuple(grad_rows.shape)}"
+    torch._check(grad_rows.shape[0] == p, lambda: f"grad_rows has {grad_rows.shape[0]} rows, idx {p}")
     g = grad_rows.to(x.dtype).contiguous()  # 16-bit operands for the tensor cores; fp32 stays fp32
     precision = dot_precision(x.dtype, allow_tf32)
     cls = precision_class(x.dtype, precision)
@@ -426,8 +445,9 @@ def region_conv2d_backward_triton(
     grad_x = grad_w = None
     if need_input:
         grad_x = torch.zeros((n_img, height, width, c_in), dtype=torch.float32, device=x.device)
-        if p > 0:
-            rows, pos = input_index if input_index is not None else build_input_index(idx, geometry, n_img)
+        if known(p) != 0:
+            rows, pos = (input_index if input_index is not None
+                         else build_input_index(idx, geometry, n_img, wrap_kernel=wrap_kernel))
             m = rows.numel()
 
             def grid_x(meta):
@@ -442,10 +462,11 @@ def region_conv2d_backward_triton(
             configs = grad_input_prune(cls, m=m, c_in=c_in, c_out=c_out)
             launch(_bwd_input_tuned[cls], _bwd_input_heuristic, grid_x, args,
                    dict(KH=kh, KW=kw, POINTWISE=pos is None, **common), configs=configs,
-                   ctas=lambda c: grid_x(c.kwargs)[0] * grid_x(c.kwargs)[1], device=x.device)
+                   ctas=lambda c: grid_x(c.kwargs)[0] * grid_x(c.kwargs)[1], device=x.device,
+                   wrap_kernel=wrap_kernel)
     if need_weight:
         k_rows = kh * kw * c_in
-        if p == 0:
+        if known(p) == 0:
             grad_w = torch.zeros((kh, kw, c_in, c_out), dtype=torch.float32, device=x.device)
         else:
             split, rows_per_split = grad_weight_split(p, geometry, c_in, c_out, x.device)
@@ -460,10 +481,12 @@ def region_conv2d_backward_triton(
                 geometry.pad_h, geometry.pad_w, geometry.dil_h, geometry.dil_w,
                 rows_per_split, bucket,
             )
-            configs = grad_weight_prune(cls, rows=min(p, rows_per_split), c_in=c_in, c_out=c_out)
+            rows = None if known(p) is None else min(p, rows_per_split)
+            configs = grad_weight_prune(cls, rows=rows, c_in=c_in, c_out=c_out)
             launch(_bwd_weight_tuned[cls], _bwd_weight_heuristic, grid_w, args,
                    dict(KH=kh, KW=kw, **common), configs=configs,
-                   ctas=lambda c: grid_w(c.kwargs)[0] * grid_w(c.kwargs)[1] * split, device=x.device)
+                   ctas=lambda c: grid_w(c.kwargs)[0] * grid_w(c.kwargs)[1] * split, device=x.device,
+                   wrap_kernel=wrap_kernel)
             # fixed-order reduction of the partials (a plain store when there is one split)
-            grad_w = (partial[0] if split == 1 else partial.sum(0)).view(kh, kw, c_in, c_out)
+            grad_w = (partial if split == 1 else partial.sum(0)).view(kh, kw, c_in, c_out)
     return grad_x, grad_w

@@ -24,15 +24,19 @@ from .._triton_support import triton_interpreting
 
 
 @triton.jit
-def load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out):
-    """(pix, n, oy, ox) of the active output pixels: ``pix = idx[offs_p]``, linear in N*H_out*W_out."""
-    pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
+def output_pixel_coords(pix, H_out, W_out):
+    """(n, oy, ox) of output pixels ``pix`` (int32, linear in N*H_out*W_out).
+
+    The kernels load ``pix = idx[offs]`` themselves rather than in a helper: torch.compile's
+    mutation analysis of a ``wrap_triton`` kernel follows a stored address back through the
+    arguments of any called function, so an index loaded inside a helper would mark ``idx``
+    as written (and make AOTAutograd copy it back); a load in the kernel body stops that trace."""
     hw_out = H_out * W_out
     n = pix // hw_out
     rem = pix - n * hw_out
     oy = rem // W_out
     ox = rem - oy * W_out
-    return pix, n, oy, ox
+    return n, oy, ox
 
 
 @triton.jit
@@ -103,9 +107,20 @@ def precision_class(dtype: torch.dtype, precision: str) -> str:
     return "16bit" if dtype != torch.float32 else precision
 
 
-def p_bucket(p: int) -> int:
+def known(n) -> int | None:
+    """``n`` if it is an int, None when it is symbolic: a row count that ``torch.compile`` traces
+    (P of an active set compacted inside the graph is data-dependent). Host decisions that depend on
+    it (tile pruning, grad-weight split, the autotune bucket) then use the other shapes alone, and
+    never guard on it."""
+    return n if isinstance(n, int) else None
+
+
+def p_bucket(p) -> int:
     """The autotune key's row-count bucket: ceil(log2(P)), clamped to [5, 24]. A layer re-tunes once
-    per bucket (batch 1 vs batch 8, a sparse stage vs a dense one), not once per P."""
+    per bucket (batch 1 vs batch 8, a sparse stage vs a dense one), not once per P. 0 for a symbolic
+    P (traced by torch.compile, which autotunes the launch itself and ignores the key)."""
+    if known(p) is None:
+        return 0
     return min(max((max(p, 1) - 1).bit_length(), 5), 24)
 
 
@@ -127,8 +142,11 @@ def interpreter_config(names: tuple[str, str, str], rows_name: str) -> list[trit
     return [triton.Config({n: 32 if n == rows_name else 64 for n in names}, num_warps=4, num_stages=1)]
 
 
-def _fits(block: int, extent: int, floor: int) -> bool:
-    """A block no wider than the extent rounded up to a power of two (and at least ``floor``)."""
+def _fits(block: int, extent, floor: int) -> bool:
+    """A block no wider than the extent rounded up to a power of two (and at least ``floor``); any
+    block fits a symbolic extent (see ``known``)."""
+    if known(extent) is None:
+        return True
     return block <= max(floor, triton.next_power_of_2(max(extent, 1)))
 
 
@@ -139,11 +157,12 @@ def tile_of(config: triton.Config, names: tuple[str, str, str]) -> tuple[int, in
     return (*(config.kwargs[n] for n in names), config.num_warps, config.num_stages)
 
 
-def prune(configs, *, rows: int, rows_name: str, dims: dict[str, int], unaligned_ok=None) -> list[triton.Config]:
+def prune(configs, *, rows, rows_name: str, dims: dict[str, int], unaligned_ok=None) -> list[triton.Config]:
     """Drop configs whose tiles overhang the problem (a 128-row tile for 40 active pixels, a
     128-channel block for a 21-class head) and, when a channel count is not a multiple of 16,
     every config not in ``unaligned_ok`` (a predicate): unaligned channels load element by
-    element, and the big tiles then run out of registers (see _aot_check). Keeps at least one."""
+    element, and the big tiles then run out of registers (see _aot_check). Keeps at least one.
+    A symbolic ``rows`` (see ``known``) prunes by the channel counts alone."""
     if unaligned_ok is not None and any(v % ALIGNMENT for v in dims.values()):
         configs = [c for c in configs if unaligned_ok(c)] or configs
     kept = [
@@ -174,11 +193,15 @@ def deterministic() -> bool:
 
 def fixed_config(configs, ctas, device: torch.device) -> triton.Config:
     """The config used without benchmarking (deterministic mode): the first config in list order
-    (largest tiles first) that still gives every SM a program, else the one with most programs.
+    (largest tiles first) that still gives every SM a program, else the one with most programs;
+    the first config when the row count is symbolic (traced by torch.compile).
     A pure function of the shapes and the GPU: every run sums in the same order."""
     target = num_sms(device)
     for c in configs:
-        if ctas(c) >= target:
+        n = ctas(c)
+        if known(n) is None:  # programs depend on a symbolic row count: the rule on shapes alone
+            return configs[0]
+        if n >= target:
             return c
     return max(reversed(configs), key=ctas)  # ties: the smallest tile
 
@@ -190,16 +213,42 @@ def fixed_config(configs, ctas, device: torch.device) -> triton.Config:
 CONFIG_ENV = "SPARSECASCADE_TRITON_CONFIG"
 
 
-def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.device) -> None:
+def _identity(kernel):
+    return kernel
+
+
+_ONE_CONFIG: dict = {}
+
+
+def one_config_kernel(plain, cfg: triton.Config):
+    """``plain`` (a heuristics-wrapped kernel) as an autotuner with the single config ``cfg``: what
+    ``torch.library.wrap_triton`` accepts (a @triton.jit or @triton.autotune kernel, not a
+    @triton.heuristics one). One config: Triton runs it without benchmarking. Cached per config."""
+    key = (id(plain), tuple(sorted(cfg.all_kwargs().items())))
+    kernel = _ONE_CONFIG.get(key)
+    if kernel is None:
+        kernel = _ONE_CONFIG[key] = triton.autotune(configs=[cfg], key=[])(plain)
+    return kernel
+
+
+def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.device, wrap_kernel=None) -> None:
     """Run an autotuned kernel; in deterministic mode (autotuning picks by timing, so the tiles and
     thus the bits could differ between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its
-    heuristics-wrapped kernel with ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k."""
+    heuristics-wrapped kernel with ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k.
+
+    ``wrap_kernel``: applied to the kernel before the launch (``torch.library.wrap_triton`` inside a
+    ``torch.library.triton_op``, so that torch.compile records the launch); None launches directly.
+    """
     choice = os.environ.get(CONFIG_ENV, "autotune")
+    wrap = wrap_kernel or _identity
     if triton_interpreting() or (choice == "autotune" and not deterministic()):
-        tuned[grid](*args, **kwargs)
+        wrap(tuned)[grid](*args, **kwargs)
         return
     if choice.isdigit():
         cfg = configs[int(choice) % len(configs)]
     else:
         cfg = fixed_config(configs, ctas, device)
-    plain[grid](*args, **kwargs, **cfg.all_kwargs())
+    if wrap_kernel is None:
+        plain[grid](*args, **kwargs, **cfg.all_kwargs())
+    else:
+        wrap_kernel(one_config_kernel(plain, cfg))[grid](*args, **kwargs)

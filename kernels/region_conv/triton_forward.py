@@ -25,9 +25,10 @@ from .triton_common import (
     PRECISIONS,
     dot_precision,
     interpreter_config,
+    known,
     launch,
-    load_output_pixels,
     make_configs,
+    output_pixel_coords,
     p_bucket,
     precision_class,
     prune,
@@ -139,7 +140,8 @@ def region_conv2d_fwd_kernel(
 
     # Pixel arithmetic in int32 (the launcher checks N*H*W < 2^31: cheap divisions), element
     # offsets in int64 (N*H*W*C may exceed 2^31).
-    pix, n, oy, ox = load_output_pixels(idx_ptr, offs_p, mask_p, H_out, W_out)
+    pix = tl.load(idx_ptr + offs_p, mask=mask_p, other=0).to(tl.int32)
+    n, oy, ox = output_pixel_coords(pix, H_out, W_out)
 
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
     n_ci_blocks = tl.cdiv(C_in, BLOCK_CI)
@@ -237,12 +239,15 @@ def region_conv2d_forward_triton(
     res_scale: float = 1.0,
     relu: bool = False,
     allow_tf32: bool | None = None,
+    wrap_kernel=None,
 ) -> None:
     """Write ``out[idx]`` (NHWC rows) with the epilogue applied; other rows are left untouched.
 
     ``weight`` (KH, KW, C_in, C_out) may be any strided view (read through its strides).
     ``allow_tf32``: fp32 products on TF32 tensor cores (about 1e-3 relative error); None (default)
     follows torch's cuDNN switch at call time, as ``F.conv2d`` does; False: exact fp32 products.
+    ``wrap_kernel``: applied to the kernel before its launch (``torch.library.wrap_triton`` inside a
+    ``torch.library.triton_op``); None launches it directly.
     """
     n_img, height, width, c_in = x.shape
     kh, kw, w_cin, c_out = weight.shape
@@ -258,8 +263,8 @@ def region_conv2d_forward_triton(
     strides = weight_strides(weight)
     if residual is not None:
         assert residual.shape == out.shape and residual.is_contiguous()
-    p = idx.numel()
-    if p == 0:
+    p = idx.numel()  # symbolic under torch.compile when idx is compacted in the graph (see known())
+    if known(p) == 0:
         return
     for name, t in (("bias", bias), ("scale", scale), ("shift", shift)):
         if t is not None:
@@ -297,4 +302,4 @@ def region_conv2d_forward_triton(
     )
     configs = forward_prune(cls, p=p, c_in=c_in, c_out=c_out)
     launch(_fwd_tuned[cls], _fwd_heuristic, grid, args, kwargs, configs=configs,
-           ctas=lambda c: grid(c.kwargs)[0] * grid(c.kwargs)[1], device=x.device)
+           ctas=lambda c: grid(c.kwargs)[0] * grid(c.kwargs)[1], device=x.device, wrap_kernel=wrap_kernel)

@@ -1,6 +1,6 @@
 """Publish an LC model to the Hugging Face Hub, the way the zoo's models are published.
 
-    python examples/publish_to_hub.py [--model lc-resnet18-camvid] [--repo-id you/lc-resnet18-camvid] \
+    python examples/publish_to_hub.py [--model NAME] [--repo-id you/NAME] \
         [--out published] [--upload]
 
 Loads a model (a zoo name, a Hub repo id, a save_pretrained folder, or a training checkpoint
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import sparsecascade
+from sparsecascade.zoo import DEFAULT_MODEL
 
 
 def load(source: str):
@@ -28,7 +29,7 @@ def load(source: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="lc-resnet18-camvid", help="zoo name, repo id, folder or last.pt")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="zoo name, repo id, folder or last.pt (default: %(default)s)")
     parser.add_argument("--repo-id", default="your-name/lc-resnet18-camvid")
     parser.add_argument("--out", default="published", help="the folder to write")
     parser.add_argument("--upload", action="store_true", help="push to --repo-id (needs a token and network)")

@@ -144,11 +144,12 @@ class LayerCascade(nn.Module):
 
         return push_to_hub(self, repo_id, **kwargs)
 
-    def segment(self, image, rho: Optional[float] = None):
-        """Segment one image (path, PIL image or (H, W, 3) uint8 array): ``sparsecascade.segment``."""
+    def segment(self, images, rho: Optional[float] = None, *, batch_size: int = 8):
+        """Segment one image (path, PIL image or (H, W, 3) uint8 array) -> a ``Segmentation``, or a list
+        of them -> a list (images of one size run as one batch): ``sparsecascade.segment.segment``."""
         from .segment import segment
 
-        return segment(self, image, rho)
+        return segment(self, images, rho, batch_size=batch_size)
 
     @property
     def num_stages(self) -> int:

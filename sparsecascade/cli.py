@@ -439,13 +439,13 @@ def run_list(args: argparse.Namespace) -> int:
     for name in sorted(ZOO):
         e = ZOO[name]
         print(f"  {name:<26} {e.architecture:<14} {e.dataset:<11} {e.repo_id:<38} "
-              f"{'trained' if e.trained else 'not trained yet'}")
+              f"{e.status}")
     print("architectures (sparsecascade.create_model): " + ", ".join(list_models()))
     return 0
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", choices=["kernels", "cascade", "train_step"])
+    p.add_argument("benchmark", choices=["kernels", "cascade", "real", "train_step"])
     p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (--help for them)")
 
 

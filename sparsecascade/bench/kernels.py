@@ -13,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ..ops import count_macs, region_conv2d
+from ..ops import RegionIndex, count_macs, region_conv2d
 from .timing import coherent_mask, measure_all_ms, measure_ms, write_results
 
 # (name, C_in, C_out, KH, KW, padding): convolutions of the LC backbones at output stride 8.
@@ -53,10 +53,11 @@ def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, d
             providers = {"region": "auto"} if device.type == "cuda" else {"region": "auto", "region_gather": "torch"}
             for f in fractions:
                 mask = coherent_mask(n, size, size, f, device=device)
+                index = RegionIndex(mask)  # built once per stage and shared by its layers, as LayerCascade does
                 fns = {"dense": dense_fn}
                 for provider, backend in providers.items():
                     fns[provider] = (lambda backend: lambda: run(
-                        lambda: region_conv2d(x, w, b, mask, pad, backend=backend)))(backend)
+                        lambda: region_conv2d(x, w, b, index, pad, backend=backend)))(backend)
                 if device.type == "cuda":
                     ms = {name: measure_ms(fn, device=device) for name, fn in fns.items()}
                 else:  # interleaved rounds, best of reps: robust to other processes on the CPU
@@ -72,6 +73,39 @@ def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, d
                     row[f"{provider}_ratio"] = round(ms[provider] / ms["dense"], 3)
                 rows.append(row)
                 print(_format_row(row), flush=True)
+    return rows
+
+
+def bench_overhead(reps: int = 300) -> list:
+    """Per-call cost on a tiny layer (3x3 16->16, 16x16 map, half active), where fixed work dominates:
+    ``F.conv2d``; ``region_conv2d`` on a stage's ``RegionIndex``; a converted conv + frozen BN + ReLU
+    inside ``active_region``, against the same unconverted Sequential. Median microseconds."""
+    import torch.nn as nn
+
+    from ..models.frozen_bn import freeze_batchnorm
+    from ..region import active_region, convert_to_region
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
+    index = RegionIndex(coherent_mask(1, 16, 16, 0.5))
+    block = freeze_batchnorm(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())).eval()
+    converted = convert_to_region(freeze_batchnorm(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                                                 nn.ReLU())).eval())
+
+    def region_layer():
+        with active_region(index, "torch"):
+            converted(x)
+
+    fns = {"F.conv2d": lambda: F.conv2d(x, w, padding=1), "region_conv2d": lambda: region_conv2d(x, w, None, index, 1),
+           "conv+BN+ReLU (nn)": lambda: block(x), "conv+BN+ReLU (region)": region_layer}
+    with torch.no_grad():
+        times = measure_all_ms(fns, reps=reps, warmup=20)
+    median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
+    rows = []
+    for name, us in median.items():
+        rows.append(dict(call=name, median_us=round(us, 1), vs_conv2d=round(us / median["F.conv2d"], 2)))
+        print(f"{name:>22}: {us:7.1f} us ({rows[-1]['vs_conv2d']:.2f}x F.conv2d)", flush=True)
     return rows
 
 
@@ -96,8 +130,12 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", default=None, help="subset of: " + ", ".join(s[0] for s in SHAPES))
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--overhead", action="store_true", help="per-call cost on a tiny layer instead")
     parser.add_argument("--out", default="bench_out/kernels.json", help="JSON results file")
     args = parser.parse_args(argv)
+    if args.overhead:
+        write_results(args.out, "kernels", argv, bench_overhead())
+        return
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     shapes = [s for s in SHAPES if args.shapes is None or s[0] in args.shapes]
     if not shapes:

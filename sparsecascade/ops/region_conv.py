@@ -232,26 +232,8 @@ def _region_conv2d_forward(
     return result
 
 
-@torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())
-def _region_conv2d_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    mask: torch.Tensor,
-    idx: Optional[torch.Tensor],
-    tap_rows: Optional[torch.Tensor],
-    tap_padding: Optional[torch.Tensor],
-    scale: Optional[torch.Tensor],
-    shift: Optional[torch.Tensor],
-    residual: Optional[torch.Tensor],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    res_scale: float,
-    relu: bool,
-    backend: str,
-) -> torch.Tensor:
-    return _region_conv2d_forward(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual,
-                                  padding, dilation, res_scale, relu, backend)
+# The same function, registered: what autograd records and torch.compile keeps as one opaque node.
+_region_conv2d_op = torch.library.custom_op("sparsecascade::region_conv2d", mutates_args=())(_region_conv2d_forward)
 
 
 @_region_conv2d_op.register_fake

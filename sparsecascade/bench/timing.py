@@ -56,10 +56,30 @@ def coherent_mask(n: int, h: int, w: int, fraction: float, *, seed: int = 0, dev
     return mask.view(n, h, w).to(device)
 
 
+def cpu_model() -> str:
+    """The processor as /proc/cpuinfo names it, with its family/model and widest vector extension
+    (a ratio measured on one processor does not carry to another)."""
+    fields = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown"
+    flags = fields.get("flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector})"
+
+
 def environment() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and the CPU path's choices measured in this process."""
+    from ..kernels.region_conv.cpu_gemm import chosen_gemm
+    from ..ops import dense_fallback_fraction
+
     return dict(python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
-                threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                cpu=cpu_model(), threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                cpu_gemm_small=chosen_gemm(1), cpu_gemm_large=chosen_gemm(1 << 30),
+                dense_fallback_fraction=round(dense_fallback_fraction(), 3),
                 cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 

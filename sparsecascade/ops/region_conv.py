@@ -153,9 +153,9 @@ def _kernel_backend(backend: str, device: torch.device) -> str:
     return "torch-auto" if backend == "auto" and resolved == "torch" else resolved
 
 
-def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu):
-    """The dense convolution (frozen-BN affine folded into its weights), the mask, then the residual
-    and the activation in place: for dense active sets."""
+def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu, full):
+    """The dense convolution (frozen-BN affine folded into its weights), the mask (unless ``full``: every
+    pixel active), then the residual and the activation in place: for dense active sets."""
     if scale is not None:
         weight = weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         bias = None if bias is None else bias * scale.to(bias.dtype)
@@ -163,7 +163,8 @@ def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scal
         bias = shift.to(weight.dtype) if bias is None else bias + shift.to(bias.dtype)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight,
                  None if bias is None else bias.to(weight.dtype), padding=tuple(padding), dilation=tuple(dilation))
-    y.masked_fill_(~mask[:, None], 0)
+    if not full:
+        y.masked_fill_(~mask[:, None], 0)
     if residual is not None:
         if res_scale != 1.0:
             y.mul_(res_scale)
@@ -207,7 +208,8 @@ def _region_conv2d_forward(
                     res_scale=res_scale, relu=relu)
     if _use_dense(backend, idx.numel(), mask.numel()):
         record_macs(mask.numel(), weight.shape)
-        return _dense_then_mask(x, weight, mask, residual, padding, dilation, **epilogue)
+        return _dense_then_mask(x, weight, mask, residual, padding, dilation, full=idx.numel() == mask.numel(),
+                                **epilogue)
     x_nhwc = _nhwc(x)
     # (KH, KW, C_in, C_out): both kernels read the view through its strides (free for a channels_last weight)
     w_khwc = weight.permute(2, 3, 1, 0)

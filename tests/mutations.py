@@ -41,10 +41,10 @@ CONFIDENCE = "tests/test_confidence.py"
 ENGINE = "tests/test_engine.py"
 
 MUTATIONS = [
-    Mutation("Bottleneck converter: residual add removed", "sparsecascade/region_blocks.py",
+    Mutation("Bottleneck converter: residual add removed", "sparsecascade/models/resnet.py",
              "return self.conv3(self.conv2(self.conv1(x)), residual=identity)",
              "return self.conv3(self.conv2(self.conv1(x)))", (CONVERTERS,)),
-    Mutation("Inception-ResNet converters: residual scale ignored", "sparsecascade/region_blocks.py",
+    Mutation("Inception-ResNet converters: residual scale ignored", "sparsecascade/models/irnet.py",
              "res_scale=float(m.scale)", "res_scale=1.0", (CONVERTERS,)),
     Mutation("every region conv runs dense (_use_dense always true)", "sparsecascade/ops/region_conv.py",
              'return backend == "torch-auto" and active > dense_fallback_fraction() * total',

@@ -25,7 +25,8 @@ Stages::
 
 The residual blocks are typed (:class:`Block35`, :class:`Block17`, :class:`Block8`) and compute
 ``relu?(x + scale * conv2d(cat(branches(x))))`` with ``conv2d`` a 1x1 conv with bias, so a
-wrapper can fuse the up-projection, the scaled residual add and the ReLU into one epilogue.
+wrapper can fuse the up-projection, the scaled residual add and the ReLU into one epilogue:
+importing this module registers those region converters (``convert_to_region``) beside the blocks.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..region import convert_to_region, fold, register_region_converter
 from .frozen_bn import FrozenBatchNorm2d
 from .registry import INCEPTION_MEAN, INCEPTION_STD, StagedBackbone, register_model
 
@@ -272,6 +274,57 @@ class Block8(_ResidualInception):
     def branches(self):
         return (self.branch0, self.branch1)
 
+
+# --------------------------------------------------------------------------- region converters
+
+class RegionBasicConv2d(BasicConv2d):
+    """A converted :class:`BasicConv2d`: bn and relu are fused into the conv's epilogue."""
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@register_region_converter(BasicConv2d)
+def _convert_basic_conv(m: BasicConv2d) -> nn.Module:
+    m.conv, m.bn = fold(m.conv, m.bn, relu=True)
+    m.relu = nn.Identity()
+    m.__class__ = RegionBasicConv2d
+    return m
+
+
+def _residual_inception_forward(self, x):
+    # relu?(x + scale * conv2d(cat(branches))) as one region conv with a scaled residual
+    return self.conv2d(torch.cat([b(x) for b in self.branches()], 1), residual=x)
+
+
+class RegionBlock35(Block35):
+    forward = _residual_inception_forward
+
+
+class RegionBlock17(Block17):
+    forward = _residual_inception_forward
+
+
+class RegionBlock8(Block8):
+    forward = _residual_inception_forward
+
+
+def _residual_inception_converter(region_class: type):
+    def convert(m):
+        for branch in m.branches():
+            convert_to_region(branch)
+        m.conv2d, _ = fold(m.conv2d, None, relu=m.relu is not None, res_scale=float(m.scale))
+        m.__class__ = region_class
+        return m
+
+    return convert
+
+
+for _block, _region in ((Block35, RegionBlock35), (Block17, RegionBlock17), (Block8, RegionBlock8)):
+    register_region_converter(_block)(_residual_inception_converter(_region))
+
+
+# --------------------------------------------------------------------------- builder
 
 def build_irnet_stages(blocks: Sequence[int] = (10, 20, 9),
                        norm_layer: NormLayer = FrozenBatchNorm2d) -> tuple[list[nn.Sequential], list[int]]:

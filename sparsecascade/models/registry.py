@@ -10,6 +10,10 @@ output stride 8, all three of the same spatial size::
 compose). Every stage is an ``nn.Sequential`` whose children keep the names of the ImageNet
 checkpoint (``conv1``, ``layer3``, ``features``, ``mixed_5b`` ...), so a checkpoint key is
 the backbone key with the ``stages.<k>.`` prefix stripped (see :mod:`.weights`).
+
+The registry imports no family: each family module (``resnet``, ``vgg``, ``irnet``) registers its
+builders with ``@register_model`` when it is imported, and ``sparsecascade.models`` imports them all
+(as timm does), so any import of ``sparsecascade.models`` fills the registry.
 """
 from __future__ import annotations
 
@@ -137,14 +141,8 @@ def register_model(fn: Callable[..., StagedBackbone]) -> Callable[..., StagedBac
     return fn
 
 
-def _ensure_builtin_registered() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from . import irnet, resnet, vgg  # noqa: F401
-
-
 def list_backbones(filter: str | Sequence[str] = "") -> list[str]:
     """Sorted names of the registered backbones, optionally filtered by fnmatch pattern(s)."""
-    _ensure_builtin_registered()
     names = sorted(_model_entrypoints)
     if filter:
         pats = [filter] if isinstance(filter, str) else list(filter)
@@ -153,12 +151,10 @@ def list_backbones(filter: str | Sequence[str] = "") -> list[str]:
 
 
 def is_backbone(name: str) -> bool:
-    _ensure_builtin_registered()
     return name in _model_entrypoints
 
 
 def get_default_cfg(name: str) -> dict[str, Any]:
-    _ensure_builtin_registered()
     if name not in _model_entrypoints:
         raise KeyError(_unknown(name))
     return dict(_default_cfgs.get(name, {}))
@@ -183,7 +179,6 @@ def create_backbone(name: str, pretrained: Any = False, **kwargs: Any) -> Staged
         **kwargs: builder options (e.g. ``layers=(2, 2, 2, 2)`` for ResNets, ``blocks=(10, 20, 9)``
             for IRNet, ``norm_layer``).
     """
-    _ensure_builtin_registered()
     if name not in _model_entrypoints:
         raise ValueError(_unknown(name))
     hub_kwargs = kwargs.pop("hub_kwargs", None) or {}

@@ -12,6 +12,10 @@ Stages (keys are torchvision's with ``stages.<k>.`` prepended)::
     stage 3: layer4                                       -> 512 / 2048
 
 Sizes: every stride-2 op maps n -> ceil(n / 2), so all stages output ceil(H/8) x ceil(W/8).
+
+Importing this module registers the blocks' region converters (``convert_to_region``): each folds
+the block's frozen BatchNorms and ReLUs into its convolutions and the residual add into the last
+one's epilogue, and swaps the class for a subclass whose forward calls the fused convolutions.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..region import convert_to_region, fold, register_region_converter
 from .frozen_bn import FrozenBatchNorm2d
 from .registry import IMAGENET_MEAN, IMAGENET_STD, StagedBackbone, register_model
 
@@ -116,6 +121,47 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
+
+# --------------------------------------------------------------------------- region converters
+
+class RegionBasicBlock(BasicBlock):
+    """A converted :class:`BasicBlock`: ``relu(identity + bn2(conv2(...)))`` is conv2's epilogue."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv2(self.conv1(x), residual=identity)
+
+
+class RegionBottleneck(Bottleneck):
+    """A converted :class:`Bottleneck`: the residual add and the last ReLU are conv3's epilogue."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(x)), residual=identity)
+
+
+def _region_converter(region_class: type, n_convs: int):
+    """Converter of a ResNet block with convs conv1..convN, each followed by bnK: fold every BN and
+    ReLU into its conv (the last one also takes the residual in ``region_class.forward``)."""
+
+    def convert(m):
+        for k in range(1, n_convs + 1):
+            conv, bn = fold(getattr(m, f"conv{k}"), getattr(m, f"bn{k}"), relu=True)
+            setattr(m, f"conv{k}", conv)
+            setattr(m, f"bn{k}", bn)
+        if m.downsample is not None:
+            convert_to_region(m.downsample)
+        m.__class__ = region_class
+        return m
+
+    return convert
+
+
+register_region_converter(BasicBlock)(_region_converter(RegionBasicBlock, 2))
+register_region_converter(Bottleneck)(_region_converter(RegionBottleneck, 3))
+
+
+# --------------------------------------------------------------------------- builders
 
 class _LayerBuilder:
     """torchvision's ``ResNet._make_layer`` bookkeeping (inplanes, dilation)."""

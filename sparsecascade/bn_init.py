@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .models.frozen_bn import FrozenBatchNorm2d
+from .frozen_bn import FrozenBatchNorm2d
 from .region import RegionConv2d
 
 __all__ = ["init_batchnorm_from_data"]

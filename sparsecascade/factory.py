@@ -17,10 +17,17 @@ from collections.abc import MutableMapping
 from typing import Any, Callable, Optional
 
 from .cascade import LayerCascade
-from .models import create_backbone, get_default_cfg, list_backbones
-from .models import load_backbone_weights as _load_into_backbone
 
 PREFIX = "lc_"
+
+
+def _backbones():
+    """``sparsecascade.models``, imported when a model is first created or listed (importing
+    sparsecascade imports no backbone family)."""
+    from . import models
+
+    return models
+
 _CASCADE_BUILDERS: dict[str, Callable[..., LayerCascade]] = {}
 
 
@@ -33,7 +40,7 @@ def register_cascade(fn: Optional[Callable[..., LayerCascade]] = None, *, name: 
     """
     def register(builder: Callable[..., LayerCascade]) -> Callable[..., LayerCascade]:
         key = name or builder.__name__
-        if key.startswith(PREFIX) and key[len(PREFIX):] in list_backbones():
+        if key.startswith(PREFIX) and key[len(PREFIX):] in _backbones().list_backbones():
             raise ValueError(f"name: {key!r} is a built-in model; register the builder under another name")
         _CASCADE_BUILDERS[key] = builder
         return builder
@@ -52,7 +59,7 @@ def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
         from .zoo import list_pretrained
 
         return list_pretrained(filter)
-    names = sorted([PREFIX + b for b in list_backbones()] + list(_CASCADE_BUILDERS))
+    names = sorted([PREFIX + b for b in _backbones().list_backbones()] + list(_CASCADE_BUILDERS))
     return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
 
 
@@ -216,14 +223,15 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
         if backbone_weights is not None:
             raise ValueError("backbone_weights: give either pretrained=True (the ImageNet weights from the Hub) "
                              "or backbone_weights (a file or state dict), not both")
-        if not get_default_cfg(backbone_name).get("hf_hub_id"):
+        if not _backbones().get_default_cfg(backbone_name).get("hf_hub_id"):
             raise ValueError(f"pretrained: the backbone {backbone_name!r} has no ImageNet weights on the Hub; "
                              f"pass backbone_weights=<checkpoint file> instead")
     with _naming_unknown_arguments(name, kwargs):
+        create_backbone = _backbones().create_backbone
         backbone = (create_backbone(backbone_name, pretrained=True, hub_kwargs=hub_options, **kwargs) if pretrained
                     else create_backbone(backbone_name, **kwargs))
     if backbone_weights is not None:
-        _load_into_backbone(backbone, backbone_weights)
+        _backbones().load_into_backbone(backbone, backbone_weights)
     model = LayerCascade(backbone.stages, rho=rho, num_classes=num_classes,
                          stage_channels=backbone.out_channels, head_channels=head_channels)
     model.architecture = name
@@ -240,7 +248,7 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
         stages=[list(stage._modules) for stage in model.stages],
     )
     if pretrained:
-        model.config["backbone_pretrained"] = get_default_cfg(backbone_name)["hf_hub_id"]
+        model.config["backbone_pretrained"] = _backbones().get_default_cfg(backbone_name)["hf_hub_id"]
     return attach_pretrained_cfg(model)
 
 
@@ -305,4 +313,4 @@ def load_backbone_weights(model, state_dict_or_path, *, strict: bool = True):
     the backbone of an LC model from ``create_model`` (or into a ``StagedBackbone``). The classifier
     is ignored; missing or misshapen tensors raise a ``ValueError`` that lists them."""
     target = model.backbone_ref[0] if isinstance(model, LayerCascade) and hasattr(model, "backbone_ref") else model
-    return _load_into_backbone(target, state_dict_or_path, strict=strict)
+    return _backbones().load_into_backbone(target, state_dict_or_path, strict=strict)

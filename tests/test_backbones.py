@@ -26,8 +26,8 @@ from sparsecascade.models import (
     freeze_batchnorm,
     imagenet_key_map,
     list_backbones,
-    load_backbone_weights,
 )
+from sparsecascade import load_backbone_weights
 
 ALL = ["irnet", "resnet101", "resnet18", "resnet50", "vgg16"]
 CHANNELS = {

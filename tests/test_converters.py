@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import sparsecascade as sc
 from sparsecascade.kernels import triton_interpreting
-from sparsecascade.models.frozen_bn import FrozenBatchNorm2d
+from sparsecascade.frozen_bn import FrozenBatchNorm2d
 from sparsecascade.models.irnet import (BasicConv2d, Block8, Block17, Block35, Mixed_5b, Mixed_6a, Mixed_7a,
                                         build_irnet_stages)
 from sparsecascade.models.resnet import BasicBlock, Bottleneck, build_resnet_stages

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 import sparsecascade as sc
 from sparsecascade.kernels import ConvGeometry
-from sparsecascade.models.frozen_bn import freeze_batchnorm
+from sparsecascade.frozen_bn import freeze_batchnorm
 from sparsecascade.ops import region_conv as region_conv_module
 
 

@@ -1,5 +1,5 @@
 """Backbones for the Deep Layer Cascade: dense, output stride 8, split into three stages."""
-from .frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
+from ..frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,7 +31,7 @@ from .weights import (
     backbone_state_dict_to_imagenet,
     download_imagenet_weights,
     imagenet_key_map,
-    load_backbone_weights,
+    load_into_backbone,
     read_state_dict,
 )
 
@@ -42,7 +42,7 @@ __all__ = [
     "BasicBlock", "Bottleneck", "resnet18", "resnet50", "resnet101",
     "vgg16",
     "BasicConv2d", "DilatedMaxPool2d", "Mixed_5b", "Block35", "Mixed_6a", "Block17", "Mixed_7a", "Block8", "irnet",
-    "LoadResult", "load_backbone_weights", "backbone_state_dict_from_imagenet",
+    "LoadResult", "load_into_backbone", "backbone_state_dict_from_imagenet",
     "backbone_state_dict_to_imagenet", "imagenet_key_map", "read_state_dict",
     "download_imagenet_weights",
 ]

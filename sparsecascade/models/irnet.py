@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..region import convert_to_region, fold, register_region_converter
-from .frozen_bn import FrozenBatchNorm2d
+from ..frozen_bn import FrozenBatchNorm2d
 from .registry import INCEPTION_MEAN, INCEPTION_STD, StagedBackbone, register_model
 
 __all__ = [

@@ -172,7 +172,7 @@ def create_backbone(name: str, pretrained: Any = False, **kwargs: Any) -> Staged
             ``vgg16``, ``irnet``).
         pretrained: ``False`` (random init), a state dict or a path to a ``.safetensors`` /
             torch checkpoint in torchvision/timm or sparsecascade naming (loaded strictly by
-            :func:`~sparsecascade.models.weights.load_backbone_weights`), or ``True`` to
+            :func:`~sparsecascade.models.weights.load_into_backbone`), or ``True`` to
             download the variant's ImageNet weights from the Hugging Face Hub
             (``default_cfg['hf_hub_id']``; ``hub_kwargs={...}`` is passed to
             ``hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``).
@@ -184,7 +184,7 @@ def create_backbone(name: str, pretrained: Any = False, **kwargs: Any) -> Staged
     hub_kwargs = kwargs.pop("hub_kwargs", None) or {}
     model = _model_entrypoints[name](**kwargs)
     if pretrained is not False and pretrained is not None:
-        from .weights import download_imagenet_weights, load_backbone_weights
+        from .weights import download_imagenet_weights, load_into_backbone
         source = download_imagenet_weights(name, **hub_kwargs) if pretrained is True else pretrained
-        load_backbone_weights(model, source, strict=True)
+        load_into_backbone(model, source, strict=True)
     return model

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from ..region import convert_to_region, fold, register_region_converter
-from .frozen_bn import FrozenBatchNorm2d
+from ..frozen_bn import FrozenBatchNorm2d
 from .registry import IMAGENET_MEAN, IMAGENET_STD, StagedBackbone, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "build_resnet_stages", "resnet18", "resnet50", "resnet101"]

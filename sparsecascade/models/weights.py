@@ -29,7 +29,7 @@ __all__ = [
     "imagenet_key_map",
     "backbone_state_dict_from_imagenet",
     "backbone_state_dict_to_imagenet",
-    "load_backbone_weights",
+    "load_into_backbone",
     "download_imagenet_weights",
 ]
 
@@ -205,7 +205,7 @@ def backbone_state_dict_to_imagenet(backbone: nn.Module,
     return {inv[k]: v for k, v in sd.items() if k in inv}
 
 
-def load_backbone_weights(model_or_backbone: Any, state_dict_or_path: Any, *,
+def load_into_backbone(model_or_backbone: Any, state_dict_or_path: Any, *,
                           strict: bool = True) -> LoadResult:
     """Load weights into a :class:`StagedBackbone` (or ``obj.backbone``, or any module with a
     ``stages`` ModuleList), in place.

@@ -21,13 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .cascade import CascadeTrainOutput
-
-
-def labels_at(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resampling of an int label map (N, H, W) to ``size``."""
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+from .labelmaps import labels_at
 
 
 def _stage_loss(logits, target, region, ignore_index, class_weights=None):

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .losses import labels_at
+from .labelmaps import labels_at
 
 
 def _check_maps(pred: torch.Tensor, target: torch.Tensor) -> None:

@@ -11,6 +11,7 @@ import torch
 from .. import losses
 from ..cascade import CascadeTrainOutput, LayerCascade
 from ..data import IGNORE_INDEX
+from ..labelmaps import labels_at
 from .config import TrainConfig
 
 
@@ -121,7 +122,7 @@ def _phase_regions(phase: Phase, out: CascadeTrainOutput, cfg: TrainConfig, step
 
 def _labelled_weight(logits: torch.Tensor, target: torch.Tensor, region, class_weights) -> torch.Tensor:
     """How many labelled pixels (or their class weights' sum) a stage's mean is taken over."""
-    labels = losses.labels_at(target, tuple(logits.shape[-2:]))
+    labels = labels_at(target, tuple(logits.shape[-2:]))
     counted = labels != IGNORE_INDEX
     if region is not None:
         counted &= region

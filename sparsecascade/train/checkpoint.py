@@ -189,7 +189,7 @@ def load_trained_model(path, device="cpu") -> tuple[LayerCascade, TrainConfig]:
     return model.to(device).eval(), cfg
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log_after(path: Path, step: int) -> None:
     """Drop log lines a killed run wrote after its last checkpoint (the resumed run rewrites them),
     and a line it was killed in the middle of."""
     if not path.is_file():
@@ -204,7 +204,9 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _save(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep_previous: bool) -> None:
+def save_training_state(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep_previous: bool) -> None:
+    """Write the run's checkpoint (model, optimizer, scheduler, scaler, every process's RNG) at ``step``;
+    a collective when several processes run (each gathers its RNG state), written by the main one."""
     rng = rng_state()
     rngs = [rng]
     if ctx.world_size > 1:  # every process's RNG state (a collective: every rank calls it)
@@ -220,7 +222,7 @@ def _save(path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep
     ), path, keep_previous)
 
 
-def _restore(path, state, cfg, ctx, model, optimizer, scheduler, scaler, spe) -> int:
+def restore_training_state(path, state, cfg, ctx, model, optimizer, scheduler, scaler, spe) -> int:
     """Load a verified checkpoint ``state`` (from ``path``) into the run; returns its step."""
     saved = TrainConfig.from_dict(state["config"]).identity()
     diff = {k: (saved[k], v) for k, v in cfg.identity().items() if saved.get(k) != v}

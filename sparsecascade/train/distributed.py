@@ -44,7 +44,7 @@ class ResumableSampler(Sampler):
         return max(0, len(self.inner) - self.start)
 
 
-class _Keyed(Dataset):
+class KeyedDataset(Dataset):
     """Passes ``(epoch, index)`` to data sets that seed by it, the index alone to any other."""
 
     def __init__(self, dataset: Dataset):

@@ -30,10 +30,10 @@ from ..bn_init import init_batchnorm_from_data
 from ..cascade import LayerCascade
 from ..data import dataset_class
 from .builders import build_model, build_train_data, make_optimizer
-from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, PREVIOUS_NAME, ResumeWarning, _restore, _save, _truncate_log,
-                         load_latest_intact)
+from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, PREVIOUS_NAME, ResumeWarning, load_latest_intact,
+                         restore_training_state, save_training_state, truncate_log_after)
 from .config import TrainConfig, eval_rho
-from .distributed import (DistContext, ResumableSampler, _Keyed, broadcast_from_main, global_mean_loss,
+from .distributed import (DistContext, KeyedDataset, ResumableSampler, broadcast_from_main, global_mean_loss,
                           gradient_strides, init_distributed, resolve_device, unused_parameters_term)
 from .divergence import DivergenceGuard, TrainingDiverged
 from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_trainable, stage_terms
@@ -153,12 +153,13 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
     step = saved_step = 0
     resumed_from, checkpoint = _resumable(out_dir, ctx) if resume else (None, None)
     if checkpoint is not None:
-        step = saved_step = _restore(resumed_from, checkpoint, cfg, ctx, model, optimizer, scheduler, scaler, spe)
+        step = saved_step = restore_training_state(resumed_from, checkpoint, cfg, ctx, model, optimizer, scheduler,
+                                                   scaler, spe)
         del checkpoint
     elif cfg.bn_init_images:
         # the first images of epoch 0's order, the same on every process (seeded by the seed alone)
         order = ResumableSampler(train_data, 1, 0, cfg.seed, 0)
-        keyed = _Keyed(train_data)
+        keyed = KeyedDataset(train_data)
         images = torch.stack([keyed[k][0] for _, k in zip(range(cfg.bn_init_images), order)])
         init_batchnorm_from_data(model, images)
     if ctx.world_size > 1:  # every process must resume from the same step (the same checkpoint)
@@ -172,7 +173,7 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
             _remove_run_files(out_dir)  # a fresh run (overwrite, or resume of a folder without a checkpoint)
         for name in RUN_FILES + (CONFIG_NAME,):
             remove_stale_temp_files(out_dir / name)  # left by a run killed while saving (.<name>.<random>.tmp)
-        _truncate_log(log_path, step)
+        truncate_log_after(log_path, step)
         atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
     # last.pt becomes previous.pt at the next save only when it is known intact (written or verified here)
     keep_previous = resumed_from == ckpt_path
@@ -193,7 +194,7 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
         while step < end:
             epoch = step // spe
             sampler = ResumableSampler(train_data, ctx.world_size, ctx.rank, cfg.seed, epoch, (step % spe) * per_rank)
-            for images, labels in DataLoader(_Keyed(train_data), sampler=sampler, **loader_kw):
+            for images, labels in DataLoader(KeyedDataset(train_data), sampler=sampler, **loader_kw):
                 if phase is None or not phase.start <= step < phase.end:
                     phase = phase_at(phases, step)
                     net = None
@@ -221,7 +222,8 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
                     if not _weights_finite(model):
                         raise _diverged(TrainingDiverged("the weights hold NaN or inf"), step, phase, cfg,
                                         ckpt_path, saved_step)
-                    _save(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, step, state, keep_previous)
+                    save_training_state(ckpt_path, cfg, ctx, model, optimizer, scheduler, scaler, step, state,
+                                        keep_previous)
                     keep_previous, saved_step = True, step
                 if step >= end:
                     break

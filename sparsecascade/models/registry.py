@@ -92,19 +92,10 @@ class StagedBackbone(nn.Module):
     def num_stages(self) -> int:
         return len(self.stages)
 
-    @property
-    def feature_info(self) -> list[dict[str, Any]]:
-        """timm-style description of the stage outputs."""
-        return [dict(num_chs=c, reduction=self.output_stride, module=f"stages.{i}")
-                for i, c in enumerate(self.out_channels)]
-
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of every stage's output for an ``height x width`` input."""
         s = self.output_stride
         return math.ceil(height / s), math.ceil(width / s)
-
-    def forward_stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        return self.stages[k](x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

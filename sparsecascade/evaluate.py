@@ -9,15 +9,13 @@
 prediction is compared at the label's resolution (logits upsampled bilinearly when the image was
 resized). ``ms_per_image`` times the model's forward alone (after one untimed warm-up pass,
 synchronised on CUDA); ``mac_ratio`` is the executed share of the dense network's MACs.
+Writing the results (table, CSV, JSON, plot) is :mod:`sparsecascade.eval_report`'s.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .cascade import LayerCascade
+from .eval_report import format_table, plot_sweep, save_sweep  # noqa: F401  (the writers, also named here)
 from .metrics import ConfusionMatrix, StageDistribution
 
 DEFAULT_RHOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.985, 0.995, 1.0)
@@ -166,65 +165,6 @@ def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, o
     if out_dir is not None:
         save_sweep(results, out_dir)
     return results
-
-
-def format_table(results: Sequence[EvalResult]) -> str:
-    k = len(results[0].stop_fractions)
-    head = f"{'rho':>7} {'mIoU':>7} {'ms/img':>8} {'MACs':>7} " + " ".join(f"{'stop' + str(i + 1):>6}" for i in range(k))
-    rows = [f"{r.rho:7.3f} {100 * r.miou:7.2f} {r.ms_per_image:8.2f} {100 * r.mac_ratio:6.1f}% "
-            + " ".join(f"{100 * f:5.1f}%" for f in r.stop_fractions) for r in results]
-    return "\n".join([head] + rows)
-
-
-def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
-    """Write ``rho_sweep.csv``, ``rho_sweep.json`` and, where matplotlib is installed, ``rho_sweep.png``
-    (without it: a one-line warning, and no ``png`` in the returned paths). Returns what was written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = dict(csv=out / "rho_sweep.csv", json=out / "rho_sweep.json", png=out / "rho_sweep.png")
-    rows = [r.row() for r in results]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-    if not plot_sweep(results, paths["png"]):
-        del paths["png"]
-    return paths
-
-
-def plot_sweep(results: Sequence[EvalResult], path) -> bool:
-    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7.
-
-    matplotlib is optional (``pip install 'sparsecascade[plot]'``): without it nothing is drawn, a
-    one-line warning says so, and the result is False."""
-    try:
-        import matplotlib
-    except ImportError:
-        import warnings
-
-        Path(path).unlink(missing_ok=True)  # a plot of an earlier sweep would not show this one
-        warnings.warn(f"{Path(path).name} not drawn: matplotlib is not installed (pip install 'sparsecascade[plot]')",
-                      stacklevel=2)
-        return False
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    rhos = [r.rho for r in results]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(rhos, [100 * r.miou for r in results], "o-", color="tab:blue", label="mIoU")
-    ax.set_xlabel("rho (confidence threshold)")
-    ax.set_ylabel("mIoU (%)", color="tab:blue")
-    ax2 = ax.twinx()
-    ax2.plot(rhos, [r.ms_per_image for r in results], "s--", color="tab:red", label="ms / image")
-    ax2.set_ylabel("ms per image", color="tab:red")
-    ax.set_title("Deep Layer Cascade: accuracy and time against rho")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
 
 
 @dataclass

@@ -188,10 +188,11 @@ class LayerCascade(nn.Module):
             raise TypeError(f"heads: heads[{k}] must return class logits (N, C, h, w), got {got}")
         return logits
 
-    def _run(self, x: torch.Tensor):
+    def _run(self, x: torch.Tensor, stage_one: Optional[torch.Tensor] = None):
         """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages (and,
         in eval at rho >= 1, for heads 1..K-1, which could stop nothing), the executed MACs, per stage
-        the dense MACs of its convolutions (None where something was skipped), and stage 1's map size."""
+        the dense MACs of its stage and its head (None where something was skipped), and stage 1's
+        map size. ``stage_one``: stage 1's output if the caller ran it (on every pixel)."""
         features = x
         index = None  # the active set: None is every pixel (stage 1, or nothing stopped yet)
         macs = 0
@@ -208,12 +209,18 @@ class LayerCascade(nn.Module):
                 # head k-1 saved these features for its backward: an in-place layer at the start of
                 # stage k (nn.ReLU(inplace=True)) must not modify them
                 features = features.clone()
-            with active_region(index, self.backend) as stage_region:
-                features = self._stage(k, features)
+            if k == 0 and stage_one is not None:  # run on every pixel: its dense MACs were executed
+                features, stage_macs = stage_one, self._stage_and_head_macs(x)[0][0]
+            else:
+                with active_region(index, self.backend) as stage_region:
+                    features = self._stage(k, features)
+                stage_macs = stage_region.dense_macs
+                macs += stage_region.macs
             first_size = first_size or tuple(features.shape[-2:])
             if index is not None:
                 index = index.at(tuple(features.shape[-2:]))
-            macs += stage_region.macs
+            if k == 0 and stage_one is not None:
+                macs += stage_macs
             if not (last or heads_decide):  # rho >= 1: the head's logits would decide no pixel
                 results.append(None)
                 dense_macs.append(None)
@@ -221,7 +228,7 @@ class LayerCascade(nn.Module):
             with active_region(index, self.backend) as head_region:
                 logits = self._head(k, features)
             macs += head_region.macs
-            dense_macs.append(stage_region.dense_macs + head_region.dense_macs)
+            dense_macs.append((stage_macs, head_region.dense_macs))
             region_mask = index.mask if index is not None else torch.ones(
                 logits.shape[0], *logits.shape[-2:], dtype=torch.bool, device=logits.device)
             with torch.no_grad():
@@ -235,7 +242,17 @@ class LayerCascade(nn.Module):
         from .inputs import check_image_batch
 
         check_image_batch(x, self.stages[0])
-        results, macs, dense_macs, first_size = self._run(x)
+        stage_one = None
+        if torch.compiler.is_compiling() and not self.training:
+            # Under torch.compile, stage 1 (every pixel, no region: plain converted modules) is the
+            # compiled graph; what follows depends on the data (active sets, their sizes, rho) and
+            # runs eagerly on the region kernels, so no guard depends on rho or on an active set.
+            stage_one = self._stage(0, x)
+        return self._cascade(x, stage_one)
+
+    @torch.compiler.disable
+    def _cascade(self, x: torch.Tensor, stage_one: Optional[torch.Tensor]):
+        results, macs, dense_macs, first_size = self._run(x, stage_one)
         if self.training:
             ran = [r for r in results if r is not None]
             return CascadeTrainOutput([r[0] for r in ran], [r[1] for r in ran])
@@ -270,7 +287,11 @@ class LayerCascade(nn.Module):
         return sum(self.stage_dense_macs(x))
 
     def stage_dense_macs(self, x: torch.Tensor) -> list[int]:
-        """Per stage, the MACs of stage k and head k on every pixel for an input shaped like ``x``.
+        """Per stage, the MACs of stage k and head k on every pixel for an input shaped like ``x``."""
+        return [stage + head for stage, head in self._stage_and_head_macs(x)]
+
+    def _stage_and_head_macs(self, x: torch.Tensor) -> list[tuple[int, int]]:
+        """Per stage, (MACs of stage k, MACs of head k) on every pixel for an input shaped like ``x``.
 
         Taken, once per shape, from the shapes the convolutions see: in a forward where every stage
         ran, or else in a pass over ``x`` with an empty active set (no region convolution computes;
@@ -286,7 +307,7 @@ class LayerCascade(nn.Module):
                         features = self._stage(k, features)
                     with active_region(_empty_region(x, features), "torch") as head_region:
                         self._head(k, features)
-                    per_stage.append(stage_region.dense_macs + head_region.dense_macs)
+                    per_stage.append((stage_region.dense_macs, head_region.dense_macs))
             self._dense_macs_cache[key] = per_stage
         return list(self._dense_macs_cache[key])
 

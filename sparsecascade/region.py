@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
@@ -75,6 +76,17 @@ class RegionState:
 
 
 _CURRENT: contextvars.ContextVar[Optional[RegionState]] = contextvars.ContextVar("sparsecascade_region", default=None)
+# How many active_region blocks are open, in all threads. While none is, current_region() is None
+# without reading the ContextVar, which torch.compile cannot trace: a converted module called outside
+# any region (stage 1 of a compiled LayerCascade) then compiles into one graph, guarded on this int.
+_open_regions = 0
+_open_regions_lock = threading.Lock()
+
+
+def _count_open_regions(step: int) -> None:
+    global _open_regions
+    with _open_regions_lock:
+        _open_regions += step
 
 
 @contextlib.contextmanager
@@ -93,13 +105,18 @@ def active_region(region: Union[torch.Tensor, RegionIndex, None], backend: str =
     with count_macs() as executed:
         state = RegionState(region, backend, executed)
         token = _CURRENT.set(state)
+        _count_open_regions(1)
         try:
             yield state
         finally:
+            _count_open_regions(-1)
             _CURRENT.reset(token)
 
 
 def current_region() -> Optional[RegionState]:
+    """The active set of the stage being run in this thread (None outside ``active_region``)."""
+    if _open_regions == 0:
+        return None
     return _CURRENT.get()
 
 

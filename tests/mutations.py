@@ -88,6 +88,9 @@ MUTATIONS = [
              "index = RegionIndex(region.index_at((h_out, w_out)).mask)", (ENGINE,)),
     Mutation("tap tables rebuilt for every layer", "sparsecascade/ops/region_index.py",
              "table = self._taps.get(geometry)", "table = None", (ENGINE,)),
+    Mutation("torch.compile traces the data-dependent cascade (guards on rho and the active sets)",
+             "sparsecascade/cascade.py", "    @torch.compiler.disable\n    def _cascade(", "    def _cascade(",
+             ("tests/test_compile.py::test_whole_cascade_compiles_once_across_rho_values",)),
     Mutation("GroupNorm accepted without dense_modules", "sparsecascade/region.py",
              "SPATIAL_NORMS = (nn.GroupNorm, ", "SPATIAL_NORMS = (", ("tests/test_cascade.py",)),
 ]

@@ -36,3 +36,30 @@ def test_confidence_threshold_compiles_without_graph_breaks():
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(logits), f(logits)):
         assert torch.equal(got, want)
+
+
+def test_whole_cascade_compiles_once_across_rho_values():
+    """torch.compile(LayerCascade): equal to eager at every rho, and changing rho compiles nothing new."""
+    from test_cascade import make_model
+
+    model = make_model(rho=0.9)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend)
+    x = torch.randn(2, 3, 37, 45, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for rho in (0.9, 0.7, 0.5, 1.0, 0.0, 0.95):
+            model.rho = rho
+            got, want = compiled(x), model(x)
+            assert torch.equal(got.stage_map, want.stage_map), rho
+            torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+            assert got.macs == want.macs and got.stop_fractions == want.stop_fractions
+            if rho == 0.9:
+                first = len(graphs)
+                assert first >= 1, "nothing was compiled"
+    assert len(graphs) == first, f"changing rho compiled {len(graphs) - first} more graphs"

@@ -4,7 +4,8 @@ For a trained model and real images (resized to ``--size``), times in one run, i
 round: ``plain`` (the stages and the last head on every pixel: the network without the cascade,
 what a user would otherwise run) and the model at each rho. Reports, per rho, the time ratio
 LC / plain, the MAC ratio LC / plain (MACs executed, counted by the ops) and the share of the MAC
-bound reached (MAC ratio / time ratio; 1.0 = time follows the arithmetic exactly).
+bound reached (MAC ratio / time ratio; 1.0 = time follows the arithmetic exactly). With ``--compile``,
+the model under ``torch.compile`` too, checked equal to eager, its time beside eager's.
 """
 from __future__ import annotations
 
@@ -45,13 +46,14 @@ def plain_forward(model, image: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def bench_real(model, images, rhos=RHOS, reps=5):
+def bench_real(model, images, rhos=RHOS, reps=5, compiled=False):
     with torch.no_grad(), count_macs() as plain_count, active_region(None):  # every pixel, counted
         for x in images:
             plain_forward(model, x)
     plain_macs = plain_count.macs
     fns = {"plain": lambda: [plain_forward(model, x) for x in images]}
     macs, stops = {}, {}
+    cmodel = torch.compile(model) if compiled else None
     with torch.no_grad():
         for rho in rhos:
             def run(rho=rho):
@@ -59,6 +61,14 @@ def bench_real(model, images, rhos=RHOS, reps=5):
                 return [model(x) for x in images]
 
             outs = run()
+            if cmodel is not None:  # the same model under torch.compile (inductor), timed beside eager
+                def run_compiled(rho=rho):
+                    model.rho = rho
+                    return [cmodel(x) for x in images]
+
+                for got, want in zip(run_compiled(), outs):  # compiles (once) and checks it equals eager
+                    assert torch.equal(got.labels, want.labels), f"compiled != eager at rho {rho}"
+                fns[f"compiled {rho}"] = run_compiled
             macs[rho] = sum(o.macs for o in outs)
             stops[rho] = [round(sum(o.stop_fractions[k] for o in outs) / len(outs), 4) for k in range(model.num_stages)]
             fns[rho] = run
@@ -71,9 +81,13 @@ def bench_real(model, images, rhos=RHOS, reps=5):
         mac_ratio, time_ratio = macs[rho] / plain_macs, ms / plain_ms
         row = dict(rho=rho, plain_ms=round(plain_ms, 2), lc_ms=round(ms, 2), time_ratio=round(time_ratio, 3),
                    mac_ratio=round(mac_ratio, 3), share_of_bound=round(mac_ratio / time_ratio, 3), stop_fractions=stops[rho])
+        if f"compiled {rho}" in times:
+            row["compiled_ms"] = round(min(times[f"compiled {rho}"]) / len(images), 2)
+            row["compiled_vs_eager"] = round(row["compiled_ms"] / ms, 3)
         rows.append(row)
         print(f"rho {rho:<6} {ms:8.1f} ms/image | LC/plain time {time_ratio:.3f} | MACs {mac_ratio:.3f} | "
-              f"share of bound {row['share_of_bound']:.2f} | stops {stops[rho]}", flush=True)
+              f"share of bound {row['share_of_bound']:.2f} | stops {stops[rho]}"
+              + (f" | compiled/eager {row['compiled_vs_eager']:.3f}" if "compiled_ms" in row else ""), flush=True)
     return rows
 
 
@@ -87,6 +101,7 @@ def main(argv=None):
     parser.add_argument("--rhos", type=float, nargs="+", default=RHOS)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile (inductor)")
     parser.add_argument("--out", default="bench_out/real.json")
     args = parser.parse_args(argv)
     from ..hub import from_pretrained
@@ -100,7 +115,7 @@ def main(argv=None):
         parser.error("--images: no image files")
     model = from_pretrained(args.model).eval()
     images = load_batch(model, paths[: args.max_images], tuple(args.size))
-    rows = bench_real(model, images, args.rhos, args.reps)
+    rows = bench_real(model, images, args.rhos, args.reps, compiled=args.compile)
     write_results(args.out, "real", argv, [dict(model=args.model, size=args.size, images=len(images), **r) for r in rows])
 
 

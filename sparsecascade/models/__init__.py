@@ -6,12 +6,13 @@ from .registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
     StagedBackbone,
-    create_backbone,
     get_default_cfg,
     is_backbone,
     list_backbones,
+    model_entrypoint,
     register_model,
 )
+from .builder import create_backbone
 from .resnet import BasicBlock, Bottleneck, resnet18, resnet50, resnet101
 from .vgg import vgg16
 from .irnet import (
@@ -38,7 +39,7 @@ from .weights import (
 __all__ = [
     "FrozenBatchNorm2d", "freeze_batchnorm",
     "StagedBackbone", "register_model", "create_backbone", "list_backbones", "is_backbone",
-    "get_default_cfg", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD",
+    "get_default_cfg", "model_entrypoint", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD",
     "BasicBlock", "Bottleneck", "resnet18", "resnet50", "resnet101",
     "vgg16",
     "BasicConv2d", "DilatedMaxPool2d", "Mixed_5b", "Block35", "Mixed_6a", "Block17", "Mixed_7a", "Block8", "irnet",

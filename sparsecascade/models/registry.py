@@ -29,7 +29,7 @@ from torch import nn
 __all__ = [
     "StagedBackbone",
     "register_model",
-    "create_backbone",
+    "model_entrypoint",
     "list_backbones",
     "is_backbone",
     "get_default_cfg",
@@ -155,27 +155,9 @@ def _unknown(name: str) -> str:
     return f"unknown backbone {name!r}; available: {', '.join(sorted(_model_entrypoints))}"
 
 
-def create_backbone(name: str, pretrained: Any = False, **kwargs: Any) -> StagedBackbone:
-    """Build a registered backbone.
-
-    Args:
-        name: a name from :func:`list_backbones` (``resnet18``, ``resnet50``, ``resnet101``,
-            ``vgg16``, ``irnet``).
-        pretrained: ``False`` (random init), a state dict or a path to a ``.safetensors`` /
-            torch checkpoint in torchvision/timm or sparsecascade naming (loaded strictly by
-            :func:`~sparsecascade.models.weights.load_into_backbone`), or ``True`` to
-            download the variant's ImageNet weights from the Hugging Face Hub
-            (``default_cfg['hf_hub_id']``; ``hub_kwargs={...}`` is passed to
-            ``hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``).
-        **kwargs: builder options (e.g. ``layers=(2, 2, 2, 2)`` for ResNets, ``blocks=(10, 20, 9)``
-            for IRNet, ``norm_layer``).
-    """
+def model_entrypoint(name: str) -> Callable[..., StagedBackbone]:
+    """The builder registered under ``name`` (``fn(**kwargs) -> StagedBackbone``, random weights);
+    :func:`~sparsecascade.models.builder.create_backbone` builds with weights."""
     if name not in _model_entrypoints:
         raise ValueError(_unknown(name))
-    hub_kwargs = kwargs.pop("hub_kwargs", None) or {}
-    model = _model_entrypoints[name](**kwargs)
-    if pretrained is not False and pretrained is not None:
-        from .weights import download_imagenet_weights, load_into_backbone
-        source = download_imagenet_weights(name, **hub_kwargs) if pretrained is True else pretrained
-        load_into_backbone(model, source, strict=True)
-    return model
+    return _model_entrypoints[name]

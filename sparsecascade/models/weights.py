@@ -20,7 +20,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from .registry import StagedBackbone, create_backbone, get_default_cfg
+from .registry import StagedBackbone, get_default_cfg, model_entrypoint
 
 __all__ = [
     "CLASSIFIER_PREFIXES",
@@ -186,7 +186,7 @@ def backbone_state_dict_from_imagenet(name_or_backbone: str | nn.Module,
     """
     if isinstance(name_or_backbone, str):
         with torch.device("meta"):
-            backbone = create_backbone(name_or_backbone, **builder_kwargs)
+            backbone = model_entrypoint(name_or_backbone)(**builder_kwargs)
     else:
         backbone = _as_backbone(name_or_backbone)
     sd = read_state_dict(state_dict)

@@ -12,14 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
+from torch import nn
 
 from ._atomic import atomic_write, atomic_write_text
-
-if TYPE_CHECKING:
-    from .cascade import LayerCascade
 
 __all__ = ["save_pretrained", "push_to_hub", "model_card", "model_config", "file_sha256", "check_finite"]
 
@@ -36,7 +34,7 @@ MODEL_INDEX_METRICS = {"miou": ("mean_iou", "mIoU"), "pixel_accuracy": ("pixel_a
                        "ms_per_image": ("ms_per_image", "ms per image")}
 
 
-def model_config(model: LayerCascade) -> dict:
+def model_config(model: nn.Module) -> dict:
     """What ``config.json`` records: how to rebuild the model (``create_model`` name and arguments)."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
@@ -62,7 +60,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_pretrained(model: LayerCascade, folder: Union[str, os.PathLike], *, dtype: Optional[torch.dtype] = None,
+def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, dtype: Optional[torch.dtype] = None,
                     results: Optional[dict] = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` (``dtype``: e.g. torch.float16 to halve it) and a model card.
 
@@ -165,7 +163,7 @@ def check_finite(state: dict, where) -> None:
                          f"{bad[:5]}{'...' if len(bad) > 5 else ''}; these weights are unusable")
 
 
-def push_to_hub(model: LayerCascade, repo_id: str, *, revision: Optional[str] = None, create_pr: bool = False,
+def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = None, create_pr: bool = False,
                 commit_message: Optional[str] = None, private: bool = False, token=None,
                 dtype: Optional[torch.dtype] = None, results: Optional[dict] = None) -> Any:
     """save_pretrained into a temporary folder, then create the repo (if needed) and upload the folder.

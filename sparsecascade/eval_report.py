@@ -1,16 +1,64 @@
-"""What an evaluation writes: the rho-sweep table, ``rho_sweep.csv`` / ``.json`` and the plot
-(matplotlib optional). Takes ``EvalResult`` objects (:mod:`sparsecascade.evaluate`); computes nothing."""
+"""An evaluation's result (``EvalResult``, what :mod:`sparsecascade.evaluate` measures) and how it is
+written: its summary, the rho-sweep table, ``rho_sweep.csv`` / ``.json`` and the plot (matplotlib
+optional). Computes nothing."""
 from __future__ import annotations
 
 import csv
 import json
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from .evaluate import EvalResult
+__all__ = ["EvalResult", "format_table", "save_sweep", "plot_sweep"]
 
-__all__ = ["format_table", "save_sweep", "plot_sweep"]
+
+@dataclass
+class EvalResult:
+    rho: float
+    miou: float
+    pixel_accuracy: float
+    iou: list  # per class; NaN for a class absent from labels and predictions
+    stop_fractions: list  # per stage: the share of all pixels decided there
+    stage_distribution: list  # per class, per stage: the share of the class's labelled pixels decided there
+    ms_per_image: float
+    mac_ratio: float  # executed MACs / dense MACs, over the whole data set
+    num_images: int
+    class_names: list = field(default_factory=list)
+
+    def cost(self, budget_kind: str) -> float:
+        return self.mac_ratio if budget_kind == "macs" else self.ms_per_image
+
+    def to_dict(self) -> dict:
+        """JSON-ready (NaN -> None)."""
+        def clean(v):
+            if isinstance(v, float) and math.isnan(v):
+                return None
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+    def row(self) -> dict:
+        """The rho-sweep table's row."""
+        r = dict(rho=self.rho, miou=self.miou, pixel_accuracy=self.pixel_accuracy,
+                 ms_per_image=self.ms_per_image, mac_ratio=self.mac_ratio)
+        r.update({f"stop_{k + 1}": f for k, f in enumerate(self.stop_fractions)})
+        return r
+
+    def report(self) -> str:
+        """A human-readable summary with the per-class table."""
+        lines = [f"rho {self.rho:g}: mIoU {100 * self.miou:.2f}  pixel acc {100 * self.pixel_accuracy:.2f}  "
+                 f"{self.ms_per_image:.1f} ms/image  MACs {100 * self.mac_ratio:.1f}% of dense  "
+                 f"({self.num_images} images)",
+                 "stopped per stage: " + "  ".join(f"{100 * f:.1f}%" for f in self.stop_fractions),
+                 f"{'class':<16}{'IoU':>8}   decided at stage 1..{len(self.stop_fractions)}"]
+        names = self.class_names or [str(c) for c in range(len(self.iou))]
+        for name, iou, dist in zip(names, self.iou, self.stage_distribution):
+            iou_s = "     -" if math.isnan(iou) else f"{100 * iou:6.2f}"
+            dist_s = "  ".join("    -" if math.isnan(d) else f"{100 * d:4.0f}%" for d in dist)
+            lines.append(f"{name:<16}{iou_s:>8}   {dist_s}")
+        return "\n".join(lines)
 
 
 def format_table(results: Sequence[EvalResult]) -> str:

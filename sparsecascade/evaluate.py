@@ -9,13 +9,12 @@
 prediction is compared at the label's resolution (logits upsampled bilinearly when the image was
 resized). ``ms_per_image`` times the model's forward alone (after one untimed warm-up pass,
 synchronised on CUDA); ``mac_ratio`` is the executed share of the dense network's MACs.
-Writing the results (table, CSV, JSON, plot) is :mod:`sparsecascade.eval_report`'s.
+The result record (``EvalResult``) and its writers (table, CSV, JSON, plot) are in :mod:`sparsecascade.eval_report`.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -23,59 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .cascade import LayerCascade
-from .eval_report import format_table, plot_sweep, save_sweep  # noqa: F401  (the writers, also named here)
+from .eval_report import EvalResult, format_table, plot_sweep, save_sweep  # noqa: F401  (also named here)
 from .metrics import ConfusionMatrix, StageDistribution
 
 DEFAULT_RHOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.985, 0.995, 1.0)
 BUDGET_KINDS = ("macs", "ms")
-
-
-@dataclass
-class EvalResult:
-    rho: float
-    miou: float
-    pixel_accuracy: float
-    iou: list  # per class; NaN for a class absent from labels and predictions
-    stop_fractions: list  # per stage: the share of all pixels decided there
-    stage_distribution: list  # per class, per stage: the share of the class's labelled pixels decided there
-    ms_per_image: float
-    mac_ratio: float  # executed MACs / dense MACs, over the whole data set
-    num_images: int
-    class_names: list = field(default_factory=list)
-
-    def cost(self, budget_kind: str) -> float:
-        return self.mac_ratio if budget_kind == "macs" else self.ms_per_image
-
-    def to_dict(self) -> dict:
-        """JSON-ready (NaN -> None)."""
-        def clean(v):
-            if isinstance(v, float) and math.isnan(v):
-                return None
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-        return {k: clean(v) for k, v in asdict(self).items()}
-
-    def row(self) -> dict:
-        """The rho-sweep table's row."""
-        r = dict(rho=self.rho, miou=self.miou, pixel_accuracy=self.pixel_accuracy,
-                 ms_per_image=self.ms_per_image, mac_ratio=self.mac_ratio)
-        r.update({f"stop_{k + 1}": f for k, f in enumerate(self.stop_fractions)})
-        return r
-
-    def report(self) -> str:
-        """A human-readable summary with the per-class table."""
-        lines = [f"rho {self.rho:g}: mIoU {100 * self.miou:.2f}  pixel acc {100 * self.pixel_accuracy:.2f}  "
-                 f"{self.ms_per_image:.1f} ms/image  MACs {100 * self.mac_ratio:.1f}% of dense  "
-                 f"({self.num_images} images)",
-                 "stopped per stage: " + "  ".join(f"{100 * f:.1f}%" for f in self.stop_fractions),
-                 f"{'class':<16}{'IoU':>8}   decided at stage 1..{len(self.stop_fractions)}"]
-        names = self.class_names or [str(c) for c in range(len(self.iou))]
-        for name, iou, dist in zip(names, self.iou, self.stage_distribution):
-            iou_s = "     -" if math.isnan(iou) else f"{100 * iou:6.2f}"
-            dist_s = "  ".join("    -" if math.isnan(d) else f"{100 * d:4.0f}%" for d in dist)
-            lines.append(f"{name:<16}{iou_s:>8}   {dist_s}")
-        return "\n".join(lines)
 
 
 def _batches(data, batch_size: int, workers: int) -> Iterable:

@@ -16,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import RegionIndex, confidence_threshold, resample_mask
-from . import region_blocks  # noqa: F401  (registers the fused converters of the built-in blocks)
-from .models.frozen_bn import freeze_batchnorm
+from .frozen_bn import freeze_batchnorm
 from .region import EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region, mark_dense_modules
 
 
@@ -134,13 +133,13 @@ class LayerCascade(nn.Module):
     # -- users: saving, publishing, segmenting (see sparsecascade.hub and sparsecascade.segment) --
     def save_pretrained(self, folder, **kwargs):
         """Write config.json, model.safetensors and a model card to ``folder`` (``sparsecascade.hub``)."""
-        from .hub import save_pretrained
+        from .save import save_pretrained
 
         return save_pretrained(self, folder, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload what ``save_pretrained`` writes to the Hugging Face Hub repository ``repo_id``."""
-        from .hub import push_to_hub
+        from .save import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

@@ -82,7 +82,7 @@ def bench_overhead(reps: int = 300) -> list:
     inside ``active_region``, against the same unconverted Sequential. Median microseconds."""
     import torch.nn as nn
 
-    from ..models.frozen_bn import freeze_batchnorm
+    from ..frozen_bn import freeze_batchnorm
     from ..region import active_region, convert_to_region
 
     gen = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .frozen_bn import FrozenBatchNorm2d
-from .region import RegionConv2d
+from .region import FoldedBatchNorm, RegionConv2d
 
 __all__ = ["init_batchnorm_from_data"]
 
@@ -59,7 +59,7 @@ def init_batchnorm_from_data(model: nn.Module, images: torch.Tensor) -> int:
     for module in model.modules():
         if isinstance(module, RegionConv2d) and module.folded_bn:
             handles.append(module.register_forward_pre_hook(conv_hook))
-        elif isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):  # unfolded (a FoldedBatchNorm is neither)
+        elif isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)) and not isinstance(module, FoldedBatchNorm):
             handles.append(module.register_forward_pre_hook(bn_hook))
     was_training, rho = model.training, model.rho
     device = next(model.parameters()).device

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
+from .frozen_bn import FrozenBatchNorm2d
 from .ops import MacCount, RegionIndex, count_macs, record_macs
 from .ops.region_conv import check_region_conv_args, run_region_conv
 
@@ -241,25 +242,18 @@ class RegionConv2d(nn.Conv2d):
                                residual=residual, res_scale=self.res_scale, relu=self.fused_relu)
 
 
-class FoldedBatchNorm(nn.Module):
+class FoldedBatchNorm(FrozenBatchNorm2d):
     """A frozen BatchNorm whose affine map the preceding RegionConv2d applies: identity here.
 
-    Keeps the BatchNorm's buffers under their names, so state dicts are unchanged by folding.
+    The same class as the frozen BatchNorm it replaces (its buffers, shared, under their names, so
+    state dicts are unchanged by folding; its ``scale_shift``), except that it computes nothing.
     """
 
-    def __init__(self, bn: nn.Module):
-        super().__init__()
-        self.eps = bn.eps
+    def __init__(self, bn: FrozenBatchNorm2d):
+        nn.Module.__init__(self)
+        self.num_features, self.eps = bn.num_features, bn.eps
         for name in ("weight", "bias", "running_mean", "running_var"):
             self.register_buffer(name, getattr(bn, name).detach())
-
-    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        return scale, self.bias - self.running_mean * scale
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "num_batches_tracked", None)  # torchvision checkpoints carry it
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -352,12 +346,12 @@ def mark_dense_modules(module: nn.Module, dense_modules: Iterable[Union[type, st
 # -- which layers can run on a region ----------------------------------------------------------------
 
 def _is_batchnorm(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "FrozenBatchNorm2d"
+    return isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))
 
 
 def _is_frozen_batchnorm(m: nn.Module) -> bool:
     """Only a frozen BatchNorm is a constant affine map that may be folded (a live one uses batch statistics)."""
-    return type(m).__name__ == "FrozenBatchNorm2d"
+    return isinstance(m, FrozenBatchNorm2d) and not isinstance(m, FoldedBatchNorm)
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)

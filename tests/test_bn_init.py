@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import sparsecascade as sc
 from sparsecascade.bn_init import init_batchnorm_from_data
 from sparsecascade.frozen_bn import FrozenBatchNorm2d
+from sparsecascade.region import FoldedBatchNorm
 from sparsecascade.region import RegionConv2d
 from sparsecascade.train import TrainConfig, load_trained_model, train
 from test_train import camvid_tiny, tiny_cascade, tiny_config  # noqa: F401 (fixture)
@@ -32,7 +33,8 @@ def test_every_batchnorm_normalises_its_input_in_a_resnet():
     images = torch.randn(2, 3, 40, 48)
     count = init_batchnorm_from_data(model, images)
     convs = [m for m in model.modules() if isinstance(m, RegionConv2d) and m.folded_bn]
-    bns = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]  # stage 1 runs dense: unfolded
+    bns = [m for m in model.modules()  # unfolded frozen BNs (a FoldedBatchNorm is one its conv applies)
+           if isinstance(m, FrozenBatchNorm2d) and not isinstance(m, FoldedBatchNorm)]
     assert count == len(convs) + len(bns) == 20  # ResNet-18: 1 stem + 16 block convs + 3 downsamples
     inputs = {}
     handles = [m.register_forward_pre_hook(lambda m, a: inputs.setdefault(m, a[0].detach())) for m in convs + bns]

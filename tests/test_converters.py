@@ -5,7 +5,8 @@ applied by forward hooks written here: the output of every convolution, BatchNor
 zero outside the active set (resampled to the layer's output size: a coarse pixel is active if
 any fine pixel it covers is). Everything else runs as the original wrote it, so a residual block
 computes ``relu(x + 0)`` outside the region and a ReLU after a masked BatchNorm keeps the zeros.
-Frozen BatchNorms get random statistics and affine parameters, so a dropped scale or shift shows.
+Frozen BatchNorms get random statistics and affine parameters, so a dropped scale or shift shows,
+and the reference computes them with ``F.batch_norm``, not with the library's ``scale_shift``.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def masked_reference(original: nn.Module, x: torch.Tensor, mask: torch.Tensor) -
     """``original(x)`` with every conv / BatchNorm / pooling output zeroed outside ``mask``."""
 
     def zero_outside(module, inputs, output):
+        if isinstance(module, FrozenBatchNorm2d):  # torch's own batch norm: independent of scale_shift()
+            output = F.batch_norm(inputs[0], module.running_mean, module.running_var, module.weight, module.bias,
+                                  training=False, eps=module.eps)
         m = resample(mask, output.shape[-2:])
         return torch.where(m[:, None], output, torch.zeros((), dtype=output.dtype))
 

@@ -5,11 +5,18 @@ confidence reaches ``rho`` stops; each later stage and head run as region convol
 pixels still active; a stage with no active pixel in the whole batch is not run. The prediction
 of a pixel is the logits of the stage where it stopped. At rho >= 1 no pixel can stop early, so
 in eval the heads of stages 1..K-1 are not run either: the work of the plain network.
+
+This module is the model and its outputs only (DESIGN.md section 3: it imports ops and the region
+modules, nothing above). Saving, publishing, segmenting and ``pretrained_cfg`` are the zoo layer's
+(:mod:`sparsecascade.pretrained` gives them to the models ``create_model`` / ``from_pretrained``
+return); imposed stop shares for benchmarks are :mod:`sparsecascade.bench.forced_stops`, through the
+generic ``stop_rule``. The dense MAC count stays here: ``CascadeOutput`` reports it (``mac_ratio``),
+counted on the model's own stages and heads and cached by its forward.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -17,7 +24,12 @@ import torch.nn.functional as F
 
 from .ops import RegionIndex, confidence_threshold, resample_mask
 from .frozen_bn import freeze_batchnorm
+from .inputs import check_image_batch
 from .region import EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region, mark_dense_modules
+
+
+# (logits, active, k) -> stop: see LayerCascade.stop_rule
+StopRule = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 @dataclass
@@ -61,6 +73,14 @@ class LayerCascade(nn.Module):
     ``convert_to_region``: called directly they still compute densely. A layer that cannot run
     exactly on a region is refused here, naming its path (``stages.1.0.norm``); ``dense_modules``
     (module types, or such paths) runs those densely with their output masked instead.
+
+    ``stop_rule`` (settable; default None, the confidence threshold): a callable
+    ``stop_rule(logits, active, k) -> stop`` that decides instead of ``rho`` which pixels stop at stage
+    ``k`` (0-based, every stage but the last): ``logits`` are the stage's (N, C, h, w) logits (detached),
+    ``active`` the bool (N, h, w) pixels it ran on, ``stop`` a bool mask of that shape (only active pixels
+    count). It imposes where pixels stop: ``sparsecascade.bench.forced_stops`` (fixed stop shares for
+    benchmarks), ``evaluate(head=k)`` (one head scored alone). A plain callable, not a module: it is not
+    part of the state dict.
     """
 
     def __init__(
@@ -99,7 +119,7 @@ class LayerCascade(nn.Module):
         self.rho = rho
         self.backend = "auto"
         self._dense_macs_cache: dict = {}
-        self._forced_stops: Optional[list[float]] = None
+        self.stop_rule: Optional[StopRule] = None
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -120,36 +140,6 @@ class LayerCascade(nn.Module):
         self.backend = backend
         return self
 
-    def force_stop_fractions(self, fractions: Optional[Sequence[float]]) -> "LayerCascade":
-        """Benchmark-only: stop exactly ``fractions[k]`` of all pixels at stage k (k < K), in spatially
-        coherent blobs, whatever the confidences; None restores the confidence threshold."""
-        if fractions is not None:
-            fractions = [float(f) for f in fractions]
-            if len(fractions) != self.num_stages - 1 or min(fractions) < 0 or sum(fractions) > 1:
-                raise ValueError(f"fractions: expected {self.num_stages - 1} shares >= 0 summing to <= 1, got {fractions}")
-        self._forced_stops = fractions
-        return self
-
-    # -- users: saving, publishing, segmenting (see sparsecascade.hub and sparsecascade.segment) --
-    def save_pretrained(self, folder, **kwargs):
-        """Write config.json, model.safetensors and a model card to ``folder`` (``sparsecascade.hub``)."""
-        from .save import save_pretrained
-
-        return save_pretrained(self, folder, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs):
-        """Upload what ``save_pretrained`` writes to the Hugging Face Hub repository ``repo_id``."""
-        from .save import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
-
-    def segment(self, images, rho: Optional[float] = None, *, batch_size: int = 8):
-        """Segment one image (path, PIL image or (H, W, 3) uint8 array) -> a ``Segmentation``, or a list
-        of them -> a list (images of one size run as one batch): ``sparsecascade.segment.segment``."""
-        from .segment import segment
-
-        return segment(self, images, rho, batch_size=batch_size)
-
     @property
     def num_stages(self) -> int:
         return len(self.stages)
@@ -160,8 +150,8 @@ class LayerCascade(nn.Module):
         none before it at rho >= 1. The next set's indices come from the threshold kernel's compaction."""
         if k == self.num_stages - 1:
             return active, None
-        if self._forced_stops is not None:
-            stop = _forced_stop(active, self._forced_stops[k])
+        if self.stop_rule is not None:
+            stop = self.stop_rule(logits, active, k) & active
             return stop, RegionIndex(active & ~stop)
         if self._rho >= 1.0:
             return torch.zeros_like(active), RegionIndex(active)
@@ -196,7 +186,7 @@ class LayerCascade(nn.Module):
         index = None  # the active set: None is every pixel (stage 1, or nothing stopped yet)
         macs = 0
         results, dense_macs = [], []
-        heads_decide = self.training or self._rho < 1.0 or self._forced_stops is not None
+        heads_decide = self.training or self._rho < 1.0 or self.stop_rule is not None
         first_size = None
         for k in range(self.num_stages):
             last = k == self.num_stages - 1
@@ -238,8 +228,6 @@ class LayerCascade(nn.Module):
         return results, macs, dense_macs, first_size
 
     def forward(self, x: torch.Tensor):
-        from .inputs import check_image_batch
-
         check_image_batch(x, self.stages[0])
         stage_one = None
         if torch.compiler.is_compiling() and not self.training:
@@ -315,22 +303,3 @@ def _empty_region(x: torch.Tensor, features: torch.Tensor) -> RegionIndex:
     """No active pixel at the resolution of ``features`` (no compaction needed)."""
     nothing = torch.zeros(x.shape[0], *features.shape[-2:], dtype=torch.bool, device=x.device)
     return RegionIndex(nothing, rows=torch.zeros(0, dtype=torch.int64, device=x.device))
-
-
-def _forced_stop(active: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Stop ``fraction`` of all pixels of each image among its active ones, in coherent blobs.
-
-    The blobs come from a smooth random field fixed by the map size (seeded), so repeated runs
-    time the same masks; pixels with the lowest field values stop first.
-    """
-    n, h, w = active.shape
-    gen = torch.Generator().manual_seed(h * 10007 + w)
-    field = torch.rand(1, 1, max(2, h // 8), max(2, w // 8), generator=gen)
-    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).reshape(1, -1)
-    field = (field + 1e-6 * torch.rand(1, h * w, generator=gen)).to(active.device).expand(n, -1)
-    count = min(round(fraction * h * w), h * w)
-    ranked = torch.where(active.reshape(n, -1), field, torch.full_like(field, float("inf")))
-    stop = torch.zeros(n, h * w, dtype=torch.bool, device=active.device)
-    if count:
-        stop.scatter_(1, ranked.topk(count, dim=1, largest=False).indices, True)
-    return (stop & active.reshape(n, -1)).view(n, h, w)

@@ -60,10 +60,11 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=N
     model.eval()
     if rho is not None:
         model.rho = rho
+    saved_stop_rule = model.stop_rule
     if head is not None:  # every pixel stops at stage ``head``: the stages before it stop none
         model.rho = 1.0
         if head < model.num_stages:
-            model.force_stop_fractions([0.0] * (head - 1) + [1.0] + [0.0] * (model.num_stages - 1 - head))
+            model.stop_rule = _stop_every_pixel_at(head - 1)
     try:
         cm = stages = None
         seconds, macs, dense, images = 0.0, 0, 0, 0
@@ -102,8 +103,15 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=N
     finally:
         model.rho = saved_rho
         model.train(was_training)
-        if head is not None:
-            model.force_stop_fractions(None)
+        model.stop_rule = saved_stop_rule
+
+
+def _stop_every_pixel_at(stage: int):
+    """A ``LayerCascade.stop_rule``: every pixel still active stops at ``stage`` (0-based), none before it."""
+    def stop_rule(logits: torch.Tensor, active: torch.Tensor, k: int) -> torch.Tensor:
+        return active if k == stage else torch.zeros_like(active)
+
+    return stop_rule
 
 
 def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, out_dir=None,

@@ -7,16 +7,19 @@ ImageNet checkpoint (timm / torchvision naming) into such a model.
 ``@register_cascade`` registers a function ``fn(num_classes, **kwargs) -> LayerCascade`` under its
 name: ``create_model(name, num_classes, **kwargs)`` then builds it and records name and arguments in
 ``model.config``, which is how ``save_pretrained`` / ``from_pretrained`` rebuild a custom model.
+
+Every model returned here carries the user methods of :mod:`sparsecascade.pretrained`
+(``model.segment``, ``model.save_pretrained``, ``model.pretrained_cfg``, ...: ``with_pretrained_api``).
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import re
-from collections.abc import MutableMapping
 from typing import Any, Callable, Optional
 
 from .cascade import LayerCascade
+from .pretrained import with_pretrained_api
 
 PREFIX = "lc_"
 
@@ -63,97 +66,6 @@ def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
     return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
 
 
-# -- pretrained_cfg: what a user needs to feed the model and to read its output ------------------------
-PRETRAINED_CFG_KEYS = ("name", "architecture", "dataset", "license", "num_classes", "class_names", "palette",
-                       "mean", "std", "shortest_edge", "longest_edge")
-INTERPOLATION = "bilinear"  # how segment() resizes an image to shortest_edge and the logits back
-
-
-class PretrainedCfg(MutableMapping):
-    """``model.pretrained_cfg``, as timm names it: the model's input normalization and scale and its classes.
-
-    A live view of ``model.config`` (what ``save_pretrained`` writes to ``config.json``), not a copy:
-    reading a key reads ``model.config``, setting one (``model.pretrained_cfg["shortest_edge"] = 360``)
-    sets it there, so ``segment`` / ``preprocess`` and the next ``save_pretrained`` follow it. Every key of
-    ``PRETRAINED_CFG_KEYS`` is always present (None where the config does not record it: no
-    ``shortest_edge`` means images run at their own size), plus ``interpolation`` and ``hf_hub_id`` (the Hub
-    repository the weights came from, or the zoo model's), which are read-only. ``dict(model.pretrained_cfg)``
-    is a plain copy.
-    """
-
-    READ_ONLY = ("interpolation", "hf_hub_id")
-
-    def __init__(self, config: dict, hf_hub_id: Optional[str] = None):
-        if not isinstance(config, dict):
-            raise TypeError(f"config: expected the model's config dict, got {type(config).__name__}")
-        self._config = config
-        self._hf_hub_id = hf_hub_id
-
-    def __getitem__(self, key: str):
-        if key == "interpolation":
-            return INTERPOLATION
-        if key == "hf_hub_id":
-            if self._hf_hub_id is not None:
-                return self._hf_hub_id
-            from .zoo import ZOO
-
-            entry = ZOO.get(self._config.get("name"))
-            return entry.repo_id if entry is not None else None
-        if key not in PRETRAINED_CFG_KEYS:
-            raise KeyError(key)
-        value = self._config.get(key)
-        return tuple(value) if key in ("mean", "std") and value is not None else value
-
-    def __setitem__(self, key: str, value) -> None:
-        if key in self.READ_ONLY:
-            raise ValueError(f"pretrained_cfg: {key!r} is read-only")
-        if key not in PRETRAINED_CFG_KEYS:
-            raise KeyError(f"pretrained_cfg: unknown key {key!r}; expected one of {PRETRAINED_CFG_KEYS}")
-        self._config[key] = _checked_cfg_value(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        raise TypeError(f"pretrained_cfg: its keys are fixed; set {key!r} to None instead")
-
-    def __iter__(self):
-        return iter(PRETRAINED_CFG_KEYS + self.READ_ONLY)
-
-    def __len__(self) -> int:
-        return len(PRETRAINED_CFG_KEYS) + len(self.READ_ONLY)
-
-    def __repr__(self) -> str:
-        return f"PretrainedCfg({dict(self)!r})"
-
-
-def _checked_cfg_value(key: str, value):
-    """A pretrained_cfg value as config.json records it (lists, ints), or a one-line error naming the key."""
-    if value is None:
-        return None
-    if key in ("mean", "std"):
-        try:
-            values = [float(v) for v in value]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) != 3 or (key == "std" and min(values) <= 0):
-            raise ValueError(f"pretrained_cfg[{key!r}]: expected 3 numbers (R, G, B){', each > 0' if key == 'std' else ''}, "
-                             f"got {value!r}")
-        return values
-    if key in ("shortest_edge", "longest_edge", "num_classes"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"pretrained_cfg[{key!r}]: expected a positive int or None, got {value!r}")
-        return value
-    if key == "class_names":
-        return [str(v) for v in value]
-    if key == "palette":
-        return [list(map(int, c)) for c in value]
-    return str(value)
-
-
-def attach_pretrained_cfg(model: LayerCascade, hf_hub_id: Optional[str] = None) -> LayerCascade:
-    """Set ``model.pretrained_cfg``: the view of ``model.config`` (see ``PretrainedCfg``)."""
-    model.pretrained_cfg = PretrainedCfg(model.config, hf_hub_id)
-    return model
-
-
 # -- create_model ------------------------------------------------------------------------------------
 # the Hub options create_model(<architecture>, pretrained=True) passes to the ImageNet download
 IMAGENET_HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
@@ -187,7 +99,7 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
     ``backbone_weights`` are then not used);
     ``class_names`` and ``palette`` (one RGB triple per class) describe the classes for users.
     ``model.config`` records all of it (``save_pretrained`` writes it to ``config.json``);
-    ``model.pretrained_cfg`` shows its preprocessing and classes (``PretrainedCfg``).
+    ``model.pretrained_cfg`` shows its preprocessing and classes (``sparsecascade.pretrained.PretrainedCfg``).
     """
     if not isinstance(pretrained, bool):
         raise ValueError(f"pretrained: expected True or False, got {pretrained!r}")
@@ -249,7 +161,7 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
     )
     if pretrained:
         model.config["backbone_pretrained"] = _backbones().get_default_cfg(backbone_name)["hf_hub_id"]
-    return attach_pretrained_cfg(model)
+    return with_pretrained_api(model)
 
 
 UNKNOWN_ARGUMENT = "not an argument of create_model nor of the builder of"  # hub matches it
@@ -305,7 +217,7 @@ def _create_registered(name, num_classes, rho, class_names, palette, kwargs) -> 
     )
     if hasattr(model, "mean") and hasattr(model, "std"):
         model.config.update(mean=list(model.mean), std=list(model.std))
-    return attach_pretrained_cfg(model)
+    return with_pretrained_api(model)
 
 
 def load_backbone_weights(model, state_dict_or_path, *, strict: bool = True):

@@ -24,8 +24,8 @@ from typing import Optional, Union
 import torch
 
 from .cascade import LayerCascade
-from .factory import (UNKNOWN_ARGUMENT, attach_pretrained_cfg, create_model, is_registered_cascade, list_models,
-                      set_pretrained_loader)
+from .factory import UNKNOWN_ARGUMENT, create_model, is_registered_cascade, list_models, set_pretrained_loader
+from .pretrained import with_pretrained_api
 from .save import (CARD_NAME, CHECKSUM_KEY, CONFIG_KEYS, CONFIG_NAME, DATASET_NAMES, DEFAULT_LICENSE,  # noqa: F401
                    MODEL_INDEX_METRICS, WEIGHTS_NAME, check_finite, file_sha256, model_card, model_config,
                    push_to_hub, save_pretrained)
@@ -140,7 +140,7 @@ def load_folder(folder: Path, rho: Optional[float] = None, device=None, *, stric
     _load_weights(model, weights_path, config.get(CHECKSUM_KEY), strict=strict)
     if rho is not None:
         model.rho = rho
-    attach_pretrained_cfg(model, hf_hub_id)
+    with_pretrained_api(model, hf_hub_id)
     model.eval()
     return model.to(device) if device is not None else model
 

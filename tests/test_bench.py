@@ -4,7 +4,9 @@ import json
 import pytest
 import torch
 
+import sparsecascade as sc
 from sparsecascade.bench import cascade, kernels
+from sparsecascade.bench.forced_stops import forced_stop_fractions
 from sparsecascade.bench.timing import coherent_mask
 
 
@@ -37,3 +39,15 @@ def test_cascade_benchmark_imposes_the_paper_stop_shares(tmp_path):
     for r in rows:
         assert r["measured_stops"][:2] == pytest.approx([r["stop_stage1"], r["stop_stage2"]], abs=0.02)
         assert r["mac_bound"] > 1.2
+
+
+def test_forced_stops_hold_for_the_with_block():
+    model = sc.create_model("lc_resnet18", 3, head_channels=8, layers=(1, 1, 1, 1), rho=0.0).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        with forced_stop_fractions(model, [0.25, 0.5]):
+            assert model(x).stop_fractions == pytest.approx([0.25, 0.5, 0.25])
+        assert model.stop_rule is None and model(x).stop_fractions == [1.0, 0.0, 0.0]  # rho = 0 decides again
+    with pytest.raises(ValueError, match="fractions: expected 2 shares"):
+        with forced_stop_fractions(model, [0.7, 0.5]):
+            pass

@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import sparsecascade as sc
+from sparsecascade.bench.forced_stops import force_stop_fractions
 from sparsecascade.kernels import ConvGeometry
 from sparsecascade.frozen_bn import freeze_batchnorm
 from sparsecascade.ops import region_conv as region_conv_module
@@ -46,7 +47,7 @@ class CountNonzero(TorchFunctionMode):
 def test_one_compaction_per_stage_not_per_layer(monkeypatch):
     """lc_resnet18 with stops imposed: its region convolutions share the stage's index and tap tables."""
     torch.manual_seed(0)
-    model = sc.create_model("lc_resnet18", 4, head_channels=16).eval().force_stop_fractions([0.3, 0.3])
+    model = force_stop_fractions(sc.create_model("lc_resnet18", 4, head_channels=16).eval(), [0.3, 0.3])
     x = torch.randn(1, 3, 96, 80)
     convs = count_calls(monkeypatch, region_conv_module, "region_conv2d_forward_torch")
     tables = count_calls(monkeypatch, ConvGeometry, "tap_table")

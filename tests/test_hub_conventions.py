@@ -296,6 +296,33 @@ def test_create_model_pretrained_on_a_registered_builder(monkeypatch):
     assert model.pretrained_cfg["mean"] is None and model.pretrained_cfg["num_classes"] == 2
 
 
+# -- the user methods: defined in the zoo layer, on every model it returns ----------------------------------
+def test_models_of_the_zoo_layer_have_the_user_methods(saved, monkeypatch):
+    import copy
+    import pickle
+
+    from sparsecascade import factory
+    from sparsecascade.pretrained import PretrainedMixin
+    from test_hub import two_stage_test_net
+
+    monkeypatch.setattr(factory, "_CASCADE_BUILDERS", dict(factory._CASCADE_BUILDERS))
+    sc.register_cascade(two_stage_test_net)
+    model, folder = saved
+    bare = two_stage_test_net(2)
+    models = [model, sc.from_pretrained(folder), sc.create_model("two_stage_test_net", 2)]
+    for m in models + [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]:
+        assert isinstance(m, sc.LayerCascade) and isinstance(m, PretrainedMixin)
+        assert all(callable(getattr(m, f)) for f in ("segment", "preprocess", "save_pretrained", "push_to_hub"))
+        assert m.pretrained_cfg["num_classes"] == m.config["num_classes"]
+    assert list(models[2].state_dict()) == list(bare.state_dict())  # the same modules, the same state dict
+    assert models[1].pretrained_cfg._config is models[1].config
+    # LayerCascade itself has none of them: a model built by hand uses the free functions
+    assert not any(hasattr(bare, f) for f in ("segment", "preprocess", "save_pretrained", "push_to_hub"))
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    assert segment(bare, rgb).labels.shape == (16, 16)
+    torch.testing.assert_close(models[0].preprocess(rgb), preprocess(models[0], rgb))
+
+
 # -- pretrained_cfg and preprocess -------------------------------------------------------------------------
 def test_pretrained_cfg_is_a_view_of_the_config(saved, tmp_path):
     model = small(class_names=["a", "b", "c"])

@@ -13,7 +13,7 @@ from PIL import Image
 
 import sparsecascade as sc
 from sparsecascade.data import read_image, to_rgb
-from sparsecascade.segment import inference_size
+from sparsecascade.segment import inference_size, segment
 
 GREY = np.array([[0, 64], [128, 255]], dtype=np.uint8)  # the 8-bit grey every depth below encodes
 
@@ -86,9 +86,9 @@ def test_exif_orientation_is_applied(tmp_path, model):
     upright = read_image(tmp_path / "phone.jpg")
     assert upright.shape == (40, 20, 3)
     assert upright[:18].mean() > 240 and upright[22:].mean() < 15  # the white half is now on top
-    assert model.segment(tmp_path / "phone.jpg").labels.shape == (40, 20)
+    assert segment(model, tmp_path / "phone.jpg").labels.shape == (40, 20)
     with Image.open(tmp_path / "phone.jpg") as im:  # a PIL image handed in is turned upright too
-        assert model.segment(im).labels.shape == (40, 20)
+        assert segment(model, im).labels.shape == (40, 20)
 
 
 def test_extreme_aspect_ratios_stay_bounded(model, monkeypatch):
@@ -99,7 +99,7 @@ def test_extreme_aspect_ratios_stay_bounded(model, monkeypatch):
     model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
     monkeypatch.setitem(model.__dict__, "config", {"shortest_edge": 180})
     strip = (np.random.default_rng(0).random((1, 400, 3)) * 255).astype(np.uint8)
-    result = model.segment(strip)
+    result = segment(model, strip)
     assert seen[-1] == (1, 3, 2, 720) and result.labels.shape == (1, 400)
 
 

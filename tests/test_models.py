@@ -77,12 +77,14 @@ def test_imagenet_weights_load_into_the_lc_model(tmp_path):
 
 
 def test_force_stop_fractions_imposes_coherent_shares():
-    model = sc.create_model("lc_resnet18", 3, head_channels=8).eval().force_stop_fractions([0.25, 0.5])
+    from sparsecascade.bench.forced_stops import force_stop_fractions
+
+    model = force_stop_fractions(sc.create_model("lc_resnet18", 3, head_channels=8).eval(), [0.25, 0.5])
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
     assert out.stop_fractions == pytest.approx([0.25, 0.5, 0.25])
     with pytest.raises(ValueError, match="fractions"):
-        model.force_stop_fractions([0.7, 0.5])
+        force_stop_fractions(model, [0.7, 0.5])
 
 
 def test_custom_backbone_example_runs(capsys):

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import sparsecascade as sc
+from sparsecascade.bench.forced_stops import force_stop_fractions
 from sparsecascade.bench.timing import coherent_mask
 from sparsecascade.kernels import triton_interpreting
 from sparsecascade.ops import count_macs
@@ -145,7 +146,7 @@ def stage1_macs(n, h, w, width=8):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cascade_gives_each_kernel_its_stage_region(monkeypatch, backend):
-    model = tiny_cascade().set_backend(backend).force_stop_fractions([0.75, 0.1])
+    model = force_stop_fractions(tiny_cascade().set_backend(backend), [0.75, 0.1])
     rec = Recorder(monkeypatch)
     for k, stage in enumerate(model.stages):
         stage.register_forward_pre_hook(lambda m, a, k=k: setattr(rec, "phase", k))
@@ -165,7 +166,7 @@ def test_cascade_gives_each_kernel_its_stage_region(monkeypatch, backend):
 
 def test_cascade_counts_the_dense_fallback_as_executed(monkeypatch):
     """At 95% active on a CPU, "auto" runs stage 2 densely: its MACs are the dense ones, not 95% of them."""
-    model = tiny_cascade().set_backend("auto").force_stop_fractions([0.05, 0.0])
+    model = force_stop_fractions(tiny_cascade().set_backend("auto"), [0.05, 0.0])
     x = torch.randn(2, 3, 40, 48)
     with torch.no_grad():
         out = model(x)

@@ -663,9 +663,10 @@ def cmd_threshold(args) -> int:
 def cmd_e2e(args) -> int:
     """``model`` at 512x512: the dense network (rho = 1: nothing stops, so every stage runs densely
     on cuDNN, as LayerCascade does when no pixel stopped) against LC at the paper's stop shares
-    (23% / 29%, imposed by force_stop_fractions, the region kernels on the remaining pixels); the
+    (23% / 29%, imposed by sparsecascade.bench.forced_stops, the region kernels on the remaining pixels); the
     first call of each (Triton compilation and autotuning for LC) timed apart."""
     from sparsecascade import create_model
+    from sparsecascade.bench.forced_stops import force_stop_fractions
 
     dtype = DTYPES[args.dtype]
     if not args.warm_only and args.prewarm:
@@ -687,7 +688,7 @@ def cmd_e2e(args) -> int:
 
                 def run(stops=stops):
                     model.rho = 1.0
-                    model.force_stop_fractions(stops)
+                    force_stop_fractions(model, stops)
                     return model(x)
 
                 sync()

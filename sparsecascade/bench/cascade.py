@@ -2,7 +2,7 @@
 
 For each backbone, times in one run: the model at rho = 1 (every stage and head on every pixel:
 the deeply supervised network) and the same model with the paper's stage-1/stage-2 stop shares
-imposed (spatially coherent masks; ``LayerCascade.force_stop_fractions``). Reports the speed-up
+imposed (spatially coherent masks; ``sparsecascade.bench.forced_stops``). Reports the speed-up
 next to the MAC-ratio bound (dense MACs / executed MACs) and their quotient.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from ..factory import create_model
+from .forced_stops import force_stop_fractions
 from .timing import measure_all_ms, measure_ms, write_results
 
 # Paper, Table 1 (stopped at stages 1 / 2): rho = 0.985, 0.95 (between), 0.9
@@ -28,15 +29,15 @@ def bench_cascade(backbones, size=256, batch=1, device="cpu", dtype=torch.float3
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             model.rho = 1.0
-            dense = model.force_stop_fractions(None)(x)
+            dense = force_stop_fractions(model, None)(x)
             for stops in STOP_SETTINGS:
-                out = model.force_stop_fractions(stops)(x)
+                out = force_stop_fractions(model, stops)(x)
 
                 def run_dense():
-                    model.force_stop_fractions(None)(x)
+                    force_stop_fractions(model, None)(x)
 
                 def run_lc(stops=stops):
-                    model.force_stop_fractions(stops)(x)
+                    force_stop_fractions(model, stops)(x)
 
                 if device.type == "cuda":
                     dense_ms, ms = measure_ms(run_dense, device=device), measure_ms(run_lc, device=device)

@@ -50,9 +50,14 @@ takes a few keyword arguments of its own, listed below.
     operands to fp32 and multiplies in fp32 with the device's GEMM (exact on a CPU). Triton also
     needs N*H*W and N*H_out*W_out below 2^31 (int32 pixel arithmetic; element offsets are int64).
 
-    The ops layer registers both directions as ``torch.library`` ops (``sparsecascade.ops._backend.
+    The ops layer registers both directions as ``torch.library`` ops (``sparsecascade.ops.library.
     triton_ops()``: Triton kernels through ``triton_op`` + ``wrap_triton``, the twins as their CPU
     kernels), so that torch.compile sees the launches on a GPU.
+
+    fold_affine(weight, bias, scale, shift) -> (weight * scale, bias * scale + shift)
+        The per-channel affine map of a frozen BatchNorm folded into a conv weight (C_out first,
+        any rank) and bias, in the weight's dtype: the one fold, used by the twin's GEMM, the ops'
+        dense fallback and the nn layer's cached inference weights.
 
 Confidence threshold (``confidence``):
 
@@ -65,12 +70,13 @@ Confidence threshold (``confidence``):
         class, confidence NaN, never stops. The size of next_idx is data-dependent: both versions
         read it on the host (one sync). Triton only: wrap_kernel, as above.
 """
-from .region_conv import ConvGeometry, region_conv2d_forward_torch, region_conv2d_backward_torch
+from .region_conv import ConvGeometry, fold_affine, region_conv2d_forward_torch, region_conv2d_backward_torch
 from .confidence import confidence_threshold_forward_torch
 from ._triton_support import TRITON_AVAILABLE, triton_interpreting
 
 __all__ = [
     "ConvGeometry",
+    "fold_affine",
     "region_conv2d_forward_torch",
     "region_conv2d_backward_torch",
     "confidence_threshold_forward_torch",

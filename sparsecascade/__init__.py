@@ -4,7 +4,7 @@ Region convolutions and the fused confidence threshold (``region_conv2d``, ``con
 run on Triton kernels on a GPU and on a gather-GEMM-scatter torch path on a CPU.
 """
 from .ops import RegionIndex, ThresholdResult, confidence_threshold, region_conv2d
-from .region import RegionConv2d, active_region, convert_to_region
+from .nn import RegionConv2d, active_region, convert_to_region
 from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
 from .factory import create_model, list_models, load_backbone_weights, register_cascade
 from . import losses, metrics

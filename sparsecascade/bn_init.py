@@ -16,8 +16,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .frozen_bn import FrozenBatchNorm2d
-from .region import FoldedBatchNorm, RegionConv2d
+from .nn import FoldedBatchNorm, FrozenBatchNorm2d, RegionConv2d
 
 __all__ = ["init_batchnorm_from_data"]
 

@@ -22,10 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import RegionIndex, confidence_threshold, resample_mask
-from .frozen_bn import freeze_batchnorm
+from .ops import Backend, RegionIndex, check_backend, confidence_threshold, resample_mask
 from .inputs import check_image_batch
-from .region import EXECUTION_BACKENDS, active_region, check_region_convertible, convert_to_region, mark_dense_modules
+from .nn import active_region, check_region_convertible, convert_to_region, freeze_batchnorm, mark_dense_modules
 
 
 # (logits, active, k) -> stop: see LayerCascade.stop_rule
@@ -132,12 +131,10 @@ class LayerCascade(nn.Module):
             raise ValueError(f"rho: expected a number in [0, 1], got {value!r}")
         self._rho = float(value)
 
-    def set_backend(self, backend: str) -> "LayerCascade":
+    def set_backend(self, backend: Backend) -> "LayerCascade":
         """"auto" | "torch" | "triton" for the region kernels; "dense" computes every layer densely and
         applies the masks (the reference the sparse paths are tested against)."""
-        if backend not in EXECUTION_BACKENDS:
-            raise ValueError(f"backend: expected one of {EXECUTION_BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend)
         return self
 
     @property

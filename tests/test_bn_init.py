@@ -7,9 +7,7 @@ import torch.nn.functional as F
 
 import sparsecascade as sc
 from sparsecascade.bn_init import init_batchnorm_from_data
-from sparsecascade.frozen_bn import FrozenBatchNorm2d
-from sparsecascade.region import FoldedBatchNorm
-from sparsecascade.region import RegionConv2d
+from sparsecascade.nn import FoldedBatchNorm, FrozenBatchNorm2d, RegionConv2d
 from sparsecascade.train import TrainConfig, load_trained_model, train
 from test_train import camvid_tiny, tiny_cascade, tiny_config  # noqa: F401 (fixture)
 

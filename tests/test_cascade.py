@@ -1,7 +1,7 @@
 """LayerCascade and convert_to_region on a custom backbone, against an independent masked reference.
 
 The reference below re-implements DESIGN.md sections 1 and 2 for the test backbone with explicit
-F.conv2d calls and torch.where masks: it shares no code with sparsecascade.region.
+F.conv2d calls and torch.where masks: it shares no code with sparsecascade.nn.
 """
 from __future__ import annotations
 
@@ -455,11 +455,11 @@ def test_register_region_converter_accepts_a_layer_of_your_own():
 
     with pytest.raises(ValueError, match="stages.1.1: Swish has no region rule"):
         sc.LayerCascade(stages_with(Swish()), num_classes=3, stage_channels=[8, 8, 8])
-    sc.region.register_region_converter(Swish)(lambda m: m)  # it maps zero to zero, pixel by pixel
+    sc.nn.register_region_converter(Swish)(lambda m: m)  # it maps zero to zero, pixel by pixel
     try:
         sc.LayerCascade(stages_with(Swish()), num_classes=3, stage_channels=[8, 8, 8])
     finally:
-        del sc.region._CONVERTERS[Swish]
+        del sc.nn.convert._CONVERTERS[Swish]
 
 
 # -- user code inside a stage -----------------------------------------------------------------------

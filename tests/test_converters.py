@@ -19,12 +19,12 @@ import torch.nn.functional as F
 
 import sparsecascade as sc
 from sparsecascade.kernels import triton_interpreting
-from sparsecascade.frozen_bn import FrozenBatchNorm2d
+from sparsecascade.nn import FrozenBatchNorm2d
 from sparsecascade.models.irnet import (BasicConv2d, Block8, Block17, Block35, Mixed_5b, Mixed_6a, Mixed_7a,
                                         build_irnet_stages)
 from sparsecascade.models.resnet import BasicBlock, Bottleneck, build_resnet_stages
 from sparsecascade.models.vgg import build_vgg16_largefov_stages
-from sparsecascade.region import _CONVERTERS
+from sparsecascade.nn.convert import _CONVERTERS
 
 from _cases import make_mask
 

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 import sparsecascade as sc
 from sparsecascade.bench.forced_stops import force_stop_fractions
 from sparsecascade.kernels import ConvGeometry
-from sparsecascade.frozen_bn import freeze_batchnorm
+from sparsecascade.nn import freeze_batchnorm
 from sparsecascade.ops import region_conv as region_conv_module
 
 

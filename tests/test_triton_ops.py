@@ -1,4 +1,4 @@
-"""The kernels registered as torch.library ops (``sparsecascade.ops._backend.triton_ops()``).
+"""The kernels registered as torch.library ops (``sparsecascade.ops.library.triton_ops()``).
 
 ``torch.library.triton_op`` with ``wrap_triton`` around every launch, the torch twins as the CPU
 kernels, fake implementations, an autograd formula for the forward. Checked here:
@@ -37,7 +37,7 @@ from sparsecascade.kernels import TRITON_AVAILABLE, ConvGeometry, triton_interpr
 if not TRITON_AVAILABLE or not (triton_interpreting() or torch.cuda.is_available()):
     pytest.skip("Triton ops need TRITON_INTERPRET=1 (CPU interpreter) or a CUDA device", allow_module_level=True)
 
-from sparsecascade.ops._backend import triton_on_cpu, triton_ops  # noqa: E402
+from sparsecascade.ops.library import triton_on_cpu, triton_ops  # noqa: E402
 
 DEVICE = torch.device("cpu" if triton_interpreting() else "cuda")
 OPS = triton_ops()
@@ -129,11 +129,11 @@ def test_region_conv_ops_equal_twins_forward_and_backward(c_in, c_out, kernel, p
 def test_backward_op_returns_only_what_is_needed(monkeypatch):
     """Unneeded gradients come back as empty tensors; inside ``triton_on_cpu()`` the CPU kernel runs
     the Triton launchers (counted), outside it the twin."""
-    from sparsecascade.ops import _backend
+    from sparsecascade.ops import library
 
     launched = []
-    launchers = _backend.triton_region_conv
-    monkeypatch.setattr(_backend, "triton_region_conv", lambda: launched.append(1) or launchers())
+    launchers = library.triton_region_conv
+    monkeypatch.setattr(library, "triton_region_conv", lambda: launched.append(1) or launchers())
     pr = _problem(16, 16, (3, 3), (1, 1), (1, 1), seed=3, relu=False)
     w = pr["w"].detach().permute(2, 3, 1, 0)
     grad_rows = torch.randn(pr["idx"].numel(), 16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
@@ -250,7 +250,7 @@ _TRACE_SCRIPT = textwrap.dedent('''
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     import sparsecascade.kernels.region_conv.triton_backward as bwd
     import sparsecascade.kernels.region_conv.triton_common as common
-    from sparsecascade.ops._backend import triton_ops
+    from sparsecascade.ops.library import triton_ops
 
     class Sm90Driver:
         def get_current_target(self):

@@ -72,16 +72,22 @@ def apply_epilogue(acc, *, bias=None, scale=None, shift=None, residual=None, res
     return acc
 
 
-def fold_affine(w_nk: torch.Tensor, bias, scale, shift):
-    """(w * scale, (bias * scale + shift)) for a (C_out, K) weight matrix: the per-channel affine of a
-    frozen BatchNorm moved into the GEMM, so that the epilogue is one fused addmm."""
+def fold_affine(weight: torch.Tensor, bias, scale, shift):
+    """``(weight * scale, bias * scale + shift)``: a per-channel affine map after a convolution (a
+    frozen BatchNorm's ``scale_shift()``) folded into its weights, computed in the weight's dtype.
+
+    ``weight``'s dim 0 is C_out: a (C_out, C_in, KH, KW) conv weight or a (C_out, K) GEMM matrix.
+    ``bias``, ``scale``, ``shift`` are (C_out,) or None (absent terms dropped); the bias returned is
+    in the weight's dtype, None when there was neither a bias nor a shift. The one fold of the
+    package: the torch twin's GEMM, the ops' dense fallback and ``RegionConv2d``'s weights use it.
+    """
     if scale is not None:
-        w_nk = w_nk * scale.to(w_nk.dtype)[:, None]
+        weight = weight * scale.to(weight.dtype).view(-1, *([1] * (weight.dim() - 1)))
         if bias is not None:
-            bias = bias.to(w_nk.dtype) * scale.to(w_nk.dtype)
+            bias = bias.to(weight.dtype) * scale.to(weight.dtype)
     if shift is not None:
-        bias = shift.to(w_nk.dtype) if bias is None else bias.to(w_nk.dtype) + shift.to(w_nk.dtype)
-    return w_nk, None if bias is None else bias.to(w_nk.dtype)
+        bias = shift.to(weight.dtype) if bias is None else bias.to(weight.dtype) + shift.to(weight.dtype)
+    return weight, None if bias is None else bias.to(weight.dtype)
 
 
 def region_conv2d_forward_torch(

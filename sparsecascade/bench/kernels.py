@@ -82,8 +82,7 @@ def bench_overhead(reps: int = 300) -> list:
     inside ``active_region``, against the same unconverted Sequential. Median microseconds."""
     import torch.nn as nn
 
-    from ..frozen_bn import freeze_batchnorm
-    from ..region import active_region, convert_to_region
+    from ..nn import active_region, convert_to_region, freeze_batchnorm
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..ops import count_macs
-from ..region import active_region
+from ..nn import active_region
 from .timing import measure_all_ms, write_results
 
 RHOS = [1.0, 0.995, 0.985, 0.97, 0.95, 0.9, 0.8, 0.7, 0.5]

@@ -1,5 +1,5 @@
 """Backbones for the Deep Layer Cascade: dense, output stride 8, split into three stages."""
-from ..frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
+from ..nn import FrozenBatchNorm2d, freeze_batchnorm
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..region import convert_to_region, fold, register_region_converter
-from ..frozen_bn import FrozenBatchNorm2d
+from ..nn import FrozenBatchNorm2d, convert_to_region, fuse_conv_bn, register_region_converter
 from .registry import INCEPTION_MEAN, INCEPTION_STD, StagedBackbone, register_model
 
 __all__ = [
@@ -286,7 +285,7 @@ class RegionBasicConv2d(BasicConv2d):
 
 @register_region_converter(BasicConv2d)
 def _convert_basic_conv(m: BasicConv2d) -> nn.Module:
-    m.conv, m.bn = fold(m.conv, m.bn, relu=True)
+    m.conv, m.bn = fuse_conv_bn(m.conv, m.bn, relu=True)
     m.relu = nn.Identity()
     m.__class__ = RegionBasicConv2d
     return m
@@ -313,7 +312,7 @@ def _residual_inception_converter(region_class: type):
     def convert(m):
         for branch in m.branches():
             convert_to_region(branch)
-        m.conv2d, _ = fold(m.conv2d, None, relu=m.relu is not None, res_scale=float(m.scale))
+        m.conv2d, _ = fuse_conv_bn(m.conv2d, None, relu=m.relu is not None, res_scale=float(m.scale))
         m.__class__ = region_class
         return m
 

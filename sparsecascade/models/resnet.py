@@ -24,8 +24,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..region import convert_to_region, fold, register_region_converter
-from ..frozen_bn import FrozenBatchNorm2d
+from ..nn import FrozenBatchNorm2d, convert_to_region, fuse_conv_bn, register_region_converter
 from .registry import IMAGENET_MEAN, IMAGENET_STD, StagedBackbone, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "build_resnet_stages", "resnet18", "resnet50", "resnet101"]
@@ -146,7 +145,7 @@ def _region_converter(region_class: type, n_convs: int):
 
     def convert(m):
         for k in range(1, n_convs + 1):
-            conv, bn = fold(getattr(m, f"conv{k}"), getattr(m, f"bn{k}"), relu=True)
+            conv, bn = fuse_conv_bn(getattr(m, f"conv{k}"), getattr(m, f"bn{k}"), relu=True)
             setattr(m, f"conv{k}", conv)
             setattr(m, f"bn{k}", bn)
         if m.downsample is not None:

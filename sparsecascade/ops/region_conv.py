@@ -7,7 +7,7 @@
 the unfused ``act(r + s * region_conv2d(...))`` computes it).
 
 This file holds the argument checks, the layout conversion (NCHW API, NHWC kernels), the
-backend dispatch, the autograd formula and the MAC count. The op is registered with
+backend dispatch and the autograd formula; the MAC count is ``ops/macs.py``. The op is registered with
 ``torch.library`` so that ``torch.compile`` keeps it as one opaque node (no graph break),
 forward and backward; eager inference calls its implementation directly (no dispatch cost).
 The active set arrives as a ``RegionIndex`` (compacted once per stage, tap tables cached) or as a
@@ -15,47 +15,23 @@ bare mask, compacted here.
 
 MACs: inside ``count_macs()``, every forward adds the multiply-accumulates of the rows it hands
 to a kernel (the active rows), or of every output pixel when it runs the dense convolution.
+
+Backends: "torch" or "triton" reach the op; "auto" resolves to one of them, and on a CPU also sets
+``dense_fallback``: above the active fraction ``dense_fallback_fraction()`` the dense convolution
+runs instead of the gather path.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..kernels import ConvGeometry, region_conv2d_backward_torch, region_conv2d_forward_torch
-from ._backend import resolve_backend, triton_region_conv
+from ..kernels import ConvGeometry, fold_affine, region_conv2d_backward_torch, region_conv2d_forward_torch
+from ._backend import KernelBackend, resolve_backend, triton_region_conv
 from .dense_fallback import dense_fallback_fraction
+from .macs import record_macs
 from .region_index import RegionIndex
-
-class MacCount:
-    """Multiply-accumulates executed inside one ``count_macs()`` block."""
-
-    def __init__(self) -> None:
-        self.macs = 0
-
-
-_MAC_COUNTS: contextvars.ContextVar[tuple[MacCount, ...]] = contextvars.ContextVar("sparsecascade_macs", default=())
-
-
-@contextlib.contextmanager
-def count_macs() -> Iterator[MacCount]:
-    """Count the MACs the convolutions run in this block execute (forward only); blocks nest."""
-    count = MacCount()
-    token = _MAC_COUNTS.set(_MAC_COUNTS.get() + (count,))
-    try:
-        yield count
-    finally:
-        _MAC_COUNTS.reset(token)
-
-
-def record_macs(rows: int, weight_shape: Sequence[int]) -> None:
-    """Add ``rows`` output pixels of a (C_out, C_in, KH, KW) convolution to every open ``count_macs()``."""
-    c_out, c_in, kh, kw = weight_shape
-    for count in _MAC_COUNTS.get():
-        count.macs += int(rows) * c_out * c_in * kh * kw
 
 
 def _pair(value, argument: str) -> tuple[int, int]:
@@ -143,26 +119,23 @@ def _geometry_of(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> Co
     return ConvGeometry(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], *padding, *dilation)
 
 
-def _use_dense(backend: str, active: int, total: int) -> bool:
-    return backend == "torch-auto" and active > dense_fallback_fraction() * total
+def _use_dense(dense_fallback: bool, active: int, total: int) -> bool:
+    return dense_fallback and active > dense_fallback_fraction() * total
 
 
-def _kernel_backend(backend: str, device: torch.device) -> str:
-    """"auto" on a CPU becomes "torch-auto": the torch twin with the dense fallback at high density."""
+def _kernel_backend(backend: str, device: torch.device) -> tuple[str, bool]:
+    """(the kernels that run: "torch" or "triton", dense_fallback): "auto" on a CPU runs the torch twin
+    with the dense fallback at high density."""
     resolved = resolve_backend(backend, device)
-    return "torch-auto" if backend == "auto" and resolved == "torch" else resolved
+    return resolved, backend == "auto" and resolved == "torch"
 
 
 def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu, full):
     """The dense convolution (frozen-BN affine folded into its weights), the mask (unless ``full``: every
     pixel active), then the residual and the activation in place: for dense active sets."""
-    if scale is not None:
-        weight = weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
-        bias = None if bias is None else bias * scale.to(bias.dtype)
-    if shift is not None:
-        bias = shift.to(weight.dtype) if bias is None else bias + shift.to(bias.dtype)
-    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight,
-                 None if bias is None else bias.to(weight.dtype), padding=tuple(padding), dilation=tuple(dilation))
+    weight, bias = fold_affine(weight, bias, scale, shift)
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=tuple(padding),
+                 dilation=tuple(dilation))
     if not full:
         y.masked_fill_(~mask[:, None], 0)
     if residual is not None:
@@ -200,13 +173,14 @@ def _region_conv2d_forward(
     res_scale: float,
     relu: bool,
     backend: str,
+    dense_fallback: bool,
 ) -> torch.Tensor:
     geometry = _geometry_of(x, weight, padding, dilation)
     idx = _compacted(mask, idx)
     contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
     epilogue = dict(bias=contiguous(bias), scale=contiguous(scale), shift=contiguous(shift),
                     res_scale=res_scale, relu=relu)
-    if _use_dense(backend, idx.numel(), mask.numel()):
+    if _use_dense(dense_fallback, idx.numel(), mask.numel()):
         record_macs(mask.numel(), weight.shape)
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, full=idx.numel() == mask.numel(),
                                 **epilogue)
@@ -240,7 +214,7 @@ _region_conv2d_op = torch.library.custom_op("sparsecascade::region_conv2d", muta
 
 @_region_conv2d_op.register_fake
 def _(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
-      backend):
+      backend, dense_fallback):
     geometry = _geometry_of(x, weight, padding, dilation)
     shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
@@ -266,6 +240,7 @@ def _region_conv2d_backward_op(
     needs_input_grad: bool,
     needs_weight_grad: bool,
     backend: str,
+    dense_fallback: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_residual); an unneeded one is an empty tensor."""
     c_out = weight.shape[0]
@@ -290,7 +265,7 @@ def _region_conv2d_backward_op(
     grad_bias = g_conv.sum(0).to(weight.dtype) if has_bias else empty()
     grad_x = grad_w = None
     if needs_input_grad or needs_weight_grad:
-        if _use_dense(backend, idx.numel(), mask.numel()):
+        if _use_dense(dense_fallback, idx.numel(), mask.numel()):
             g_dense = torch.zeros_like(g_nhwc, dtype=acc).view(-1, c_out).index_copy_(0, idx, g_conv)
             g_dense = g_dense.view(g_nhwc.shape).permute(0, 3, 1, 2).to(x.dtype)
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -314,7 +289,7 @@ def _region_conv2d_backward_op(
 
 @_region_conv2d_backward_op.register_fake
 def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding, dilation, res_scale, relu,
-      has_bias, has_residual, needs_input_grad, needs_weight_grad, backend):
+      has_bias, has_residual, needs_input_grad, needs_weight_grad, backend, dense_fallback):
     return (
         torch.empty_like(x) if needs_input_grad else x.new_empty(0),
         torch.empty_like(weight) if needs_weight_grad else x.new_empty(0),
@@ -325,18 +300,18 @@ def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
-     backend) = inputs
+     backend, dense_fallback) = inputs
     ctx.save_for_backward(x, weight, mask, idx, tap_rows, tap_padding, scale, output if relu else None)
-    ctx.options = (padding, dilation, res_scale, relu, bias is not None, residual is not None, backend)
+    ctx.options = (padding, dilation, res_scale, relu, bias is not None, residual is not None, backend, dense_fallback)
 
 
 def _backward(ctx, grad_out):
     x, weight, mask, idx, tap_rows, tap_padding, scale, out = ctx.saved_tensors
-    padding, dilation, res_scale, relu, has_bias, has_residual, backend = ctx.options
+    padding, dilation, res_scale, relu, has_bias, has_residual, backend, dense_fallback = ctx.options
     needs = ctx.needs_input_grad
     grad_x, grad_w, grad_b, grad_r = _region_conv2d_backward_op(
         grad_out, out if out is not None else grad_out, x, weight, mask, idx, tap_rows, tap_padding, scale,
-        padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend,
+        padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend, dense_fallback,
     )
     return (
         grad_x if needs[0] else None,
@@ -344,7 +319,7 @@ def _backward(ctx, grad_out):
         grad_b if has_bias and needs[2] else None,
         None, None, None, None, None, None,
         grad_r if has_residual and needs[9] else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 
@@ -358,7 +333,7 @@ def region_conv2d(
     mask: Union[torch.Tensor, RegionIndex],
     padding=0,
     dilation=1,
-    backend: str = "auto",
+    backend: KernelBackend = "auto",
     *,
     stride=1,
     scale: Optional[torch.Tensor] = None,
@@ -392,23 +367,23 @@ def region_conv2d(
 
 
 def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex], geometry: ConvGeometry,
-                    backend: str = "auto", *, scale=None, shift=None, residual=None, res_scale: float = 1.0,
+                    backend: KernelBackend = "auto", *, scale=None, shift=None, residual=None, res_scale: float = 1.0,
                     relu: bool = False) -> torch.Tensor:
     """``region_conv2d`` without its argument checks, for callers whose arguments are valid by
     construction (``RegionConv2d``: its own weights, the stage's index at the layer's output size):
     a small layer's checks cost more than its arithmetic. ``region`` is a ``RegionIndex``, or a bare
     mask under ``torch.compile``."""
     index = region if isinstance(region, RegionIndex) else None
-    kernel_backend = _kernel_backend(backend, input.device)
+    kernel_backend, dense_fallback = _kernel_backend(backend, input.device)
     tap_rows = tap_padding = idx = None
     if index is not None:
         idx = index.rows
         if (kernel_backend != "triton" and not geometry.is_pointwise and index.count
-                and not _use_dense(kernel_backend, index.count, index.numel)):
+                and not _use_dense(dense_fallback, index.count, index.numel)):
             tap_rows, tap_padding = index.taps(geometry)
     args = (input, weight, bias, region if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
             residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
-            float(res_scale), bool(relu), kernel_backend)
+            float(res_scale), bool(relu), kernel_backend, dense_fallback)
     if index is not None and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (input, weight, bias, residual))):
         # Inference in eager mode: no autograd to record and no graph to trace, so the op's

@@ -1,8 +1,12 @@
-"""Frozen batch normalisation: BatchNorm2d as a fixed per-channel affine map.
+"""The frozen BatchNorm: BatchNorm2d as a fixed per-channel affine map, and its folded form.
 
 The Deep Layer Cascade trains with BatchNorm statistics *and* affine parameters frozen
 (batches of high-resolution maps are small), so a BN layer is just ``x * scale + shift``
-and can be folded into the convolution before it (``scale_shift()``).
+(``scale_shift()``) and can be folded into the convolution before it.
+
+One family: :class:`FrozenBatchNorm2d` applies its affine map; :class:`FoldedBatchNorm`, its
+subclass, is one whose map the preceding ``RegionConv2d`` applies (``nn/region_conv.py``), so it
+computes nothing itself. Code tells them apart with ``isinstance`` (``is_foldable_batchnorm``).
 
 Buffer names are those of :class:`torch.nn.BatchNorm2d` (``weight``, ``bias``,
 ``running_mean``, ``running_var``) so torchvision / timm checkpoints load unchanged;
@@ -15,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "freeze_batchnorm"]
+__all__ = ["FrozenBatchNorm2d", "FoldedBatchNorm", "freeze_batchnorm", "is_foldable_batchnorm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -45,8 +49,9 @@ class FrozenBatchNorm2d(nn.Module):
         """Per-channel ``(scale, shift)`` of the affine map, each of shape ``(C,)``.
 
         Computed in float32 (float64 if the buffers are float64), then cast to ``dtype``
-        if given. Fold into a preceding conv as ``w' = w * scale[:, None, None, None]``,
-        ``b' = b * scale + shift`` (``b = 0`` for a bias-free conv).
+        if given. Folded into a preceding conv by ``sparsecascade.kernels.fold_affine``:
+        ``w' = w * scale[:, None, None, None]``, ``b' = b * scale + shift`` (``b = 0`` for a
+        bias-free conv).
         """
         cdt = torch.float64 if self.running_var.dtype == torch.float64 else torch.float32
         scale = self.weight.to(cdt) * torch.rsqrt(self.running_var.to(cdt) + self.eps)
@@ -78,6 +83,29 @@ class FrozenBatchNorm2d(nn.Module):
                 out.running_mean.copy_(bn.running_mean)
                 out.running_var.copy_(bn.running_var)
         return out
+
+
+class FoldedBatchNorm(FrozenBatchNorm2d):
+    """A frozen BatchNorm whose affine map the preceding RegionConv2d applies: identity here.
+
+    The same class as the frozen BatchNorm it replaces (its buffers, shared, under their names, so
+    state dicts are unchanged by folding; its ``scale_shift``), except that it computes nothing.
+    """
+
+    def __init__(self, bn: FrozenBatchNorm2d):
+        nn.Module.__init__(self)
+        self.num_features, self.eps = bn.num_features, bn.eps
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, getattr(bn, name).detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def is_foldable_batchnorm(m: nn.Module) -> bool:
+    """A frozen BatchNorm not yet folded: a constant affine map that may be folded into the conv
+    before it (a live ``nn.BatchNorm2d`` uses batch statistics; a ``FoldedBatchNorm`` is folded)."""
+    return isinstance(m, FrozenBatchNorm2d) and not isinstance(m, FoldedBatchNorm)
 
 
 def freeze_batchnorm(module: nn.Module, exclude: Iterable[nn.Module] = ()) -> nn.Module:

@@ -1,15 +1,12 @@
-"""Segmentation data sets (VOC 2012 + SBD, Cityscapes, CamVid), their joint transforms, and reading
-any image as 8-bit RGB."""
+"""Segmentation data sets (VOC 2012 + SBD, Cityscapes, CamVid): their classes (``classes``), their
+folder layouts (``datasets``), their joint transforms (``transforms``), and reading any image as
+8-bit RGB (``images``)."""
+from .classes import CAMVID_INFO, CITYSCAPES_INFO, IGNORE_INDEX, VOC_INFO, DatasetInfo
 from .datasets import (
-    CAMVID_INFO,
-    CITYSCAPES_INFO,
     DATA_ENV,
     DATASETS,
-    IGNORE_INDEX,
-    VOC_INFO,
     CamVid,
     Cityscapes,
-    DatasetInfo,
     SegmentationDataset,
     VOCSegmentation,
     build_dataset,

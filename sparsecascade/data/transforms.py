@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import IGNORE_INDEX
+from .classes import IGNORE_INDEX
 
 Size = Union[int, Sequence[int]]
 

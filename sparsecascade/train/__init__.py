@@ -28,8 +28,9 @@ mean over the labelled pixels of the global batch, so N processes train as one.
 
 Modules: ``config`` (TrainConfig and its validation), ``phases`` (the phases, their losses and the
 poly rate), ``builders`` (model, data, optimizer), ``distributed`` (process group, device, resumable
-sampler, the global loss), ``checkpoint`` (saving, verifying, restoring and loading), ``divergence``
-(stopping a diverging run), ``loop`` (``train``).
+sampler, the global loss), ``checkpoint`` (saving, verifying, restoring and loading), ``run_folder``
+(the files that mark a run, refusing to start over one, opening it), ``log`` (the JSON log lines),
+``divergence`` (stopping a diverging run), ``loop`` (``train``).
 """
 from __future__ import annotations
 

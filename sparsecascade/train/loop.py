@@ -1,18 +1,16 @@
-"""The training loop: ``train``, one optimizer step, entering a phase (DDP re-wrapping), and the
-JSON log lines.
+"""The training loop: ``train``, one optimizer step, entering a phase (DDP re-wrapping).
 
 A run's folder is never overwritten by accident: ``train`` into a folder that holds a run needs
 ``resume=True`` (continue it) or ``overwrite=True`` (start it again), and refuses otherwise before
-changing anything. A diverging run stops itself (``divergence``) and keeps its last good checkpoint.
+changing anything (``run_folder``). A diverging run stops itself (``divergence``) and keeps its last
+good checkpoint. The JSON log lines are written by ``log``.
 """
 from __future__ import annotations
 
 import gc
 import inspect
-import json
 import math
 import random
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +23,19 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from .._atomic import atomic_write_text, remove_stale_temp_files
 from ..bn_init import init_batchnorm_from_data
 from ..cascade import LayerCascade
 from ..data import dataset_class
 from .builders import build_model, build_train_data, make_optimizer
-from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, PREVIOUS_NAME, ResumeWarning, load_latest_intact,
-                         restore_training_state, save_training_state, truncate_log_after)
+from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, ResumeWarning, load_latest_intact, restore_training_state,
+                         save_training_state)
 from .config import TrainConfig, eval_rho
-from .distributed import (DistContext, KeyedDataset, ResumableSampler, broadcast_from_main, global_mean_loss,
-                          gradient_strides, init_distributed, resolve_device, unused_parameters_term)
+from .distributed import (DistContext, KeyedDataset, ResumableSampler, global_mean_loss, gradient_strides,
+                          init_distributed, resolve_device, unused_parameters_term)
 from .divergence import DivergenceGuard, TrainingDiverged
+from .log import Meter, write_log_line
 from .phases import Phase, phase_at, phase_loss, plan_phases, poly_factor, set_trainable, stage_terms
-
-CONFIG_NAME = "config.json"
-RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME, LOG_NAME)  # their presence marks a folder as holding a run
+from .run_folder import open_run_folder, refuse_existing_run
 
 
 @dataclass
@@ -51,31 +47,6 @@ class TrainResult:
     checkpoint: Path
     last_loss: float = math.nan
     rank: int = 0  # this process's rank (data-parallel runs); only rank 0 writes files
-
-
-class _Meter:
-    """Loss and throughput between two log lines."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.loss, self.count, self.images, self.t0 = 0.0, 0, 0, time.perf_counter()
-        self.regions = None
-
-    def add(self, loss: float, images: int, regions: list[float]):
-        self.loss += loss
-        self.count += 1
-        self.images += images
-        r = np.asarray(regions, dtype=np.float64)
-        self.regions = r if self.regions is None else self.regions + r
-
-    def summary(self) -> dict:
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        out = dict(loss=self.loss / max(self.count, 1), img_per_s=self.images / dt)
-        if self.regions is not None:
-            out["region_fractions"] = (self.regions / max(self.count, 1)).round(4).tolist()
-        return out
 
 
 def train(cfg: TrainConfig, *, model: Optional[LayerCascade] = None, train_data: Optional[Dataset] = None,
@@ -96,31 +67,12 @@ def train(cfg: TrainConfig, *, model: Optional[LayerCascade] = None, train_data:
             dist.destroy_process_group()
 
 
-def existing_run(out_dir: Path) -> list[str]:
-    """The files that mark ``out_dir`` as holding a run (empty: a new run may start there)."""
-    return [name for name in RUN_FILES if (out_dir / name).exists()]
-
-
-def _refuse_existing_run(out_dir: Path, ctx: DistContext) -> None:
-    found = existing_run(out_dir) if ctx.is_main else None
-    found = broadcast_from_main(ctx, found)  # rank 0 decides: the others may see rank 0's new files
-    if found:
-        raise ValueError(f"out_dir: {out_dir} already holds a run ({', '.join(found)}); continue it with --resume "
-                         f"(resume=True) or start it again from step 0 with --overwrite (overwrite=True)")
-
-
-def _remove_run_files(out_dir: Path) -> None:
-    """A new run in ``out_dir``: no checkpoint or log line of an earlier run may stay."""
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-
-
 def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainResult:
     device = resolve_device(cfg.device, ctx)
     out_dir = Path(cfg.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     if not resume and not overwrite:
-        _refuse_existing_run(out_dir, ctx)
+        refuse_existing_run(out_dir, ctx)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size % ctx.world_size:
@@ -169,12 +121,7 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
             raise ValueError(f"resume: the processes start from steps {steps}; {ckpt_path} must be on "
                              f"storage that every process (every machine) sees")
     if ctx.is_main:
-        if resumed_from is None:
-            _remove_run_files(out_dir)  # a fresh run (overwrite, or resume of a folder without a checkpoint)
-        for name in RUN_FILES + (CONFIG_NAME,):
-            remove_stale_temp_files(out_dir / name)  # left by a run killed while saving (.<name>.<random>.tmp)
-        truncate_log_after(log_path, step)
-        atomic_write_text(out_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        open_run_folder(out_dir, cfg, step, fresh=resumed_from is None)
     # last.pt becomes previous.pt at the next save only when it is known intact (written or verified here)
     keep_previous = resumed_from == ckpt_path
 
@@ -185,7 +132,7 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=cfg.mode, dynamic_ncols=True)
-    meter, last_loss = _Meter(), math.nan
+    meter, last_loss = Meter(), math.nan
     guard = DivergenceGuard(cfg.divergence_ratio)
     phase, net = None, model
     loader_kw = dict(batch_size=per_rank, drop_last=True, num_workers=cfg.workers,
@@ -215,7 +162,7 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
                 meter.add(last_loss, per_rank * ctx.world_size,
                           trained_on + [0.0] * (model.num_stages - len(trained_on)))
                 if step % cfg.log_every == 0 or step == end:
-                    _log(log_path, bar, meter, step, phase, lr, ctx, device)
+                    write_log_line(log_path, bar, meter, step, phase, lr, ctx, device)
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.ckpt_every == 0 or step == end:
@@ -301,25 +248,3 @@ def _enter_phase(model: LayerCascade, phase: Phase, ctx: DistContext, device) ->
     else:
         kw["broadcast_buffers"] = False
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **kw)
-
-
-def _log(path: Path, bar, meter: _Meter, step: int, phase: Phase, lr: float, ctx: DistContext, device) -> None:
-    """One JSON line (rank 0): steps done, phase, the last step's backbone lr, the mean loss, images
-    per second (all processes) and the share of pixels each stage was trained on, since the last line;
-    loss and shares are those of the global batch (every process calls this: a collective)."""
-    if ctx.world_size > 1 and meter.regions is not None:  # each process's shares over as many pixels
-        regions = torch.from_numpy(meter.regions).to(device)  # NCCL reduces device tensors only
-        dist.all_reduce(regions)
-        meter.regions = regions.cpu().numpy() / ctx.world_size
-    if not ctx.is_main:
-        meter.reset()
-        return
-    entry = dict(step=step, phase=phase.name, lr=lr, **meter.summary(),
-                 time=time.time())
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-    if bar is not None:
-        bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}", img_s=f"{entry['img_per_s']:.1f}",
-                        phase=phase.name, refresh=False)
-    meter.reset()

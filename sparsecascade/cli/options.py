@@ -1,0 +1,108 @@
+"""What several commands share: the option types (argparse ``type=`` functions that refuse a bad value
+with a one-line message), ``--threads``, the default ``--model`` and loading the model an option names.
+
+Nothing heavy at import: torch, the zoo and the hub are imported where they are used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+SUPPRESS = argparse.SUPPRESS  # "not given": a recipe's value, else the TrainConfig default, stays
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def probability_list(text: str) -> list[float]:
+    values = float_list(text)
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
+    return values
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; CUDA only where this torch has it."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU build" if torch.version.cuda is None else "sees no GPU"
+        raise argparse.ArgumentTypeError(f"CUDA is not available (torch {torch.__version__} {why}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def set_threads(threads) -> None:
+    """--threads: torch's intra-op threads (OMP_NUM_THREADS also works, set before starting)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def default_model() -> str:
+    """The zoo model that segment and export use without --model (the zoo's DEFAULT_MODEL where it names one)."""
+    from .. import zoo
+
+    return getattr(zoo, "DEFAULT_MODEL", "lc-resnet18-camvid")
+
+
+def load_model(name: str, option: str, **kwargs):
+    """from_pretrained, its errors naming the option the name came from."""
+    from ..hub import from_pretrained
+
+    try:
+        return from_pretrained(name, **kwargs)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ValueError(f"{option}: {str(e).removeprefix('name_or_path: ')}") from e

@@ -93,6 +93,11 @@ MUTATIONS = [
              ("tests/test_compile.py::test_whole_cascade_compiles_once_across_rho_values",)),
     Mutation("GroupNorm accepted without dense_modules", "sparsecascade/nn/convert.py",
              "SPATIAL_NORMS = (nn.GroupNorm, ", "SPATIAL_NORMS = (", ("tests/test_cascade.py",)),
+    Mutation("the cascade imports the hub layer again (a lazy upward import, as before issue 16)",
+             "sparsecascade/cascade.py", "    def forward(self, x: torch.Tensor):\n",
+             "    def save_pretrained(self, folder):\n        from .save import save_pretrained\n\n"
+             "        return save_pretrained(self, folder)\n\n    def forward(self, x: torch.Tensor):\n",
+             ("tests/test_layering.py",)),
 ]
 
 

@@ -30,7 +30,7 @@ def load(source: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="zoo name, repo id, folder or last.pt (default: %(default)s)")
-    parser.add_argument("--repo-id", default="your-name/lc-resnet18-camvid")
+    parser.add_argument("--repo-id", default="your-name/lc-vgg16-camvid")
     parser.add_argument("--out", default="published", help="the folder to write")
     parser.add_argument("--upload", action="store_true", help="push to --repo-id (needs a token and network)")
     args = parser.parse_args(argv)

@@ -2,8 +2,8 @@
 
     python examples/quickstart.py [IMAGE] [--rho R] [--out DIR] [--model NAME]
 
-Loads the package's default model, ``sparsecascade.zoo.DEFAULT_MODEL`` (``lc-vgg16-camvid`` once it
-ships, until then ``lc-resnet18-camvid``: its weights ship with the package, no network needed), segments the
+Loads the package's default model, ``sparsecascade.zoo.DEFAULT_MODEL`` (``lc-vgg16-camvid``: its weights
+ship with the package, no network needed), segments the
 sample street scene shipped in ``examples/images/`` (or IMAGE), prints where the pixels were
 decided, and writes the colour label map, an overlay and the stage map (green: stage 1, yellow:
 stage 2, red: stage 3, as the paper's Figures 4 and 6) as PNG files.

@@ -1,6 +1,6 @@
 """Sweep rho on CamVid val: mIoU, ms per image and the share of pixels decided at each stage.
 
-    python examples/rho_tradeoff.py --model lc-resnet18-camvid --data-root ../shared/data/camvid \
+    python examples/rho_tradeoff.py --model lc-vgg16-camvid --data-root ../shared/data/camvid \
         --rhos 1 0.995 0.985 0.97 0.95 0.9 0.8 --max-images 20 --out rho_tradeoff
 
 ``--model`` is a zoo name, a Hub repo id or a save_pretrained folder. Writes rho_sweep.csv,
@@ -15,7 +15,7 @@ from sparsecascade.evaluate import rho_sweep
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="lc-resnet18-camvid")
+    parser.add_argument("--model", default=sc.zoo.DEFAULT_MODEL)
     parser.add_argument("--data-root", default=None, help="default: $SPARSECASCADE_CAMVID or $SPARSECASCADE_DATA/camvid")
     parser.add_argument("--rhos", type=float, nargs="+", default=[1.0, 0.995, 0.985, 0.97, 0.95, 0.9, 0.8])
     parser.add_argument("--max-images", type=int, default=20)

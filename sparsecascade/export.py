@@ -2,7 +2,7 @@
 
     program = export_dense(model, torch.randn(2, 3, 360, 480), "lc.pt2")             # torch.export.save
     export_dense(model, torch.randn(2, 3, 360, 480), "lc.onnx", format="onnx")       # needs onnx, onnxscript
-    sparsecascade export --model lc-resnet18-camvid --out export_out                  # both, + the preprocessing
+    sparsecascade export --model lc-vgg16-camvid --out export_out                     # both, + the preprocessing
 
 **Why the cascade itself is not exported.** A static graph (``torch.export``, ONNX, TensorRT) fixes
 its operations and, up to symbolic sizes of the input, the shapes of every tensor before it sees an

@@ -86,7 +86,7 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
     """An LC model on a built-in backbone (output stride 8, BatchNorm frozen), a registered one, or a zoo model.
 
     ``name``: an architecture of ``list_models()`` (``lc_resnet18``; ``num_classes`` required), or a zoo
-    name of ``list_models(pretrained=True)`` (``lc-resnet18-camvid``: its architecture and classes).
+    name of ``list_models(pretrained=True)`` (``lc-vgg16-camvid``: its architecture and classes).
     ``pretrained=True``: for a zoo name, its trained weights (``from_pretrained``: then ``kwargs`` are
     ``from_pretrained``'s: ``revision``, ``cache_dir``, ``local_files_only``, ``force_download``,
     ``token``, ``map_location``, ``strict``); for a built-in architecture, the backbone's ImageNet

@@ -114,10 +114,9 @@ ZOO: dict[str, ZooEntry] = {
     ]
 }
 
-# The model of `sparsecascade segment` without --model, of examples/quickstart.py and of the README's
-# first command: the first of these whose weights ship in the package.
-DEFAULT_MODELS = ("lc-vgg16-camvid", "lc-resnet18-camvid")
-DEFAULT_MODEL = next((n for n in DEFAULT_MODELS if ZOO[n].trained), DEFAULT_MODELS[0])
+# The model of `sparsecascade segment` / `export` without --model, of examples/quickstart.py and of the
+# README's first command: the CamVid model whose weights ship in the package.
+DEFAULT_MODEL = "lc-vgg16-camvid"
 
 
 def list_pretrained(filter: str = "", trained_only: bool = False) -> list[str]:

@@ -84,15 +84,16 @@ def test_non_finite_weights_are_refused(saved, tmp_path):
 
 
 def test_shipped_weights_carry_their_checksum_and_are_verified(tmp_path, monkeypatch):
-    shipped = hub.SHIPPED_DIR / "lc-resnet18-camvid"
+    name = sc.zoo.DEFAULT_MODEL   # the model whose weights ship
+    shipped = hub.SHIPPED_DIR / name
     config = json.loads((shipped / "config.json").read_text())
     assert config["weights_sha256"] == hub.file_sha256(shipped / "model.safetensors")
     copy = tmp_path / "weights"
-    shutil.copytree(shipped, copy / "lc-resnet18-camvid")
-    flip_data_bytes(copy / "lc-resnet18-camvid" / "model.safetensors")
+    shutil.copytree(shipped, copy / name)
+    flip_data_bytes(copy / name / "model.safetensors")
     monkeypatch.setattr(hub, "SHIPPED_DIR", copy)
-    with pytest.raises(ValueError, match="lc-resnet18-camvid/model.safetensors: damaged or changed"):
-        sc.from_pretrained("lc-resnet18-camvid")
+    with pytest.raises(ValueError, match=f"{name}/model.safetensors: damaged or changed"):
+        sc.from_pretrained(name)
 
 
 def test_hub_snapshot_is_verified(saved, tmp_path, monkeypatch):

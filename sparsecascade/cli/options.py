@@ -92,10 +92,10 @@ def set_threads(threads) -> None:
 
 
 def default_model() -> str:
-    """The zoo model that segment and export use without --model (the zoo's DEFAULT_MODEL where it names one)."""
-    from .. import zoo
+    """The zoo model that segment and export use without --model (the zoo's DEFAULT_MODEL)."""
+    from ..zoo import DEFAULT_MODEL
 
-    return getattr(zoo, "DEFAULT_MODEL", "lc-resnet18-camvid")
+    return DEFAULT_MODEL
 
 
 def load_model(name: str, option: str, **kwargs):

@@ -40,6 +40,11 @@ def check_image_batch(x, first_stage: nn.Module) -> None:
         raise ValueError(f"x: expected {channels} channels {expected}, got shape {tuple(x.shape)}")
     if conv is not None:
         _check_dtype_and_device(x, conv.weight)
+    _check_finite(x)
+
+
+@torch.compiler.disable  # a data-dependent check: run eagerly under torch.compile, not traced (no graph-break warning)
+def _check_finite(x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x: the image batch holds NaN or infinite values")
 

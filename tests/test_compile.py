@@ -63,3 +63,17 @@ def test_whole_cascade_compiles_once_across_rho_values():
                 first = len(graphs)
                 assert first >= 1, "nothing was compiled"
     assert len(graphs) == first, f"changing rho compiled {len(graphs) - first} more graphs"
+
+
+def test_compiled_model_still_refuses_non_finite_input():
+    """The finiteness check runs eagerly under torch.compile (a data-dependent check); it must not be lost."""
+    import pytest
+
+    model = sc.create_model("lc_resnet18", num_classes=3).eval()
+    compiled = torch.compile(model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(compiled(x).labels, model(x).labels)
+        x[0, 1, 5, 5] = float("inf")
+        with pytest.raises(ValueError, match="x: the image batch holds NaN or infinite values"):
+            compiled(x)

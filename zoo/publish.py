@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         atomic_write_text(folder / CARD_NAME, (folder / CARD_NAME).read_text().rstrip("\n") + "\n\n" + extra + "\n")
     size = (folder / WEIGHTS_NAME).stat().st_size
     sha = json.loads((folder / CONFIG_NAME).read_text())[CHECKSUM_KEY]  # from_pretrained verifies the file by it
-    print(f"wrote {folder} (weights {size / 2**20:.1f} MB, SHA-256 {sha})")
+    print(f"wrote {folder} (weights {size / 2**20:.1f} MiB, SHA-256 {sha})")
     if args.ship:
         target = SHIPPED_DIR / args.name
         target.mkdir(parents=True, exist_ok=True)

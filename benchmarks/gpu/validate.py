@@ -520,11 +520,12 @@ def cmd_kernels(args) -> int:
     fwd, bwd, build_index = launchers()
     if not args.warm_only and args.prewarm:
         sub = ["kernels", "--dtypes", *args.dtypes, "--batches", *map(str, args.batches),
-               "--fractions", *map(str, args.fractions)]
+               "--fractions", *map(str, args.fractions)] + (["--cases", *args.cases] if args.cases else [])
         prewarm(sub, args.workers, 10)
     results = Results(None if args.warm_only else args.out, "kernels")
     torch.backends.cudnn.benchmark = True
-    for (name, hw, c_in, c_out, (kh, kw), (ph, pw), dil) in TIMING_CASES:
+    cases = [c for c in TIMING_CASES if args.cases is None or c[0] in args.cases]
+    for (name, hw, c_in, c_out, (kh, kw), (ph, pw), dil) in cases:
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
             with precision_context(dtype_name):
@@ -748,6 +749,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["bf16", "tf32"], choices=list(DTYPES))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in TIMING_CASES], help="default: all")
     p.add_argument("--no-prewarm", dest="prewarm", action="store_false")
     p.add_argument("--warm-only", action="store_true", help=argparse.SUPPRESS)
     common(sub.add_parser("threshold", help="the confidence threshold op in microseconds"))

@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu/validate.sh part4     # kernel and op time vs cuDNN over f = 1 .. 0.1, batch 1 and 4; threshold op
 #   bash benchmarks/gpu/validate.sh part5     # end to end lc_resnet50, 512x512, batch 1 and 8
 #   bash benchmarks/gpu/validate.sh part6     # end to end lc_irnet, 512x512, batch 1 and 8
+#   bash benchmarks/gpu/validate.sh digest    # one ~9-minute call for a session with 15 minutes of device
+#                                             # time: part2 without int64 (one config per variant), part4 on
+#                                             # the target layer, part5 with one config per layer (no autotuning)
 #
 # Logs and JSON land in $OUT (default ./gpu_out): partN.log and partN.json (a few files per
 # part: the device tool brings back at most 8). Each part installs the package first
@@ -21,7 +24,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu_out}
 mkdir -p "$OUT"
-PART=${1:?usage: validate.sh part1|part2|part3|part4|part5|part6}
+PART=${1:?usage: validate.sh part1|part2|part3|part4|part5|part6|digest}
 LOG=$OUT/$PART.log
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TRITON_DEFAULT_FP_FUSION=1
@@ -79,6 +82,13 @@ case "$PART" in
         ;;
     part6)
         run timeout 500 $V e2e --model lc_irnet --batches 1 8 --out "$OUT/part6.json"
+        ;;
+    digest)
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V correctness --out "$OUT/digest_correctness.json"
+        run timeout 200 $V kernels --cases "3x3 256->256 64x64" --out "$OUT/digest_kernels.json"
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V e2e --model lc_resnet50 --batches 1 8 --no-prewarm \
+            --out "$OUT/digest_e2e.json"
+        run timeout 40 $V threshold --out "$OUT/digest_threshold.json"
         ;;
     *)
         echo "unknown part $PART"; exit 2 ;;

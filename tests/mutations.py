@@ -98,6 +98,9 @@ MUTATIONS = [
              "    def save_pretrained(self, folder):\n        from .save import save_pretrained\n\n"
              "        return save_pretrained(self, folder)\n\n    def forward(self, x: torch.Tensor):\n",
              ("tests/test_layering.py",)),
+    Mutation("TF32 operands truncated, not rounded to nearest (Triton kernels)", "kernels/region_conv/triton_common.py",
+             "rounded = ((bits + 0x1000) & -8192)", "rounded = (bits & -8192)",
+             ("tests/test_triton_kernels.py::test_tf32_rounds_operands_to_nearest",)),
 ]
 
 

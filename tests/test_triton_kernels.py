@@ -386,6 +386,44 @@ def _tf32_round(t: torch.Tensor) -> torch.Tensor:
     return torch.where((bits & 0x7F800000) == 0x7F800000, bits, rounded).view(torch.float32)
 
 
+def _tf32_nearest(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> the nearest TF32 value, ties away from zero (PTX ``cvt.rna.tf32.f32``, what cuDNN
+    feeds its TF32 tensor cores), as float64."""
+    bits = t.float().contiguous().view(torch.int32)
+    rounded = torch.where((bits & 0x7F800000) == 0x7F800000, bits, (bits + 0x1000) & ~0x1FFF)
+    return rounded.view(torch.float32).double()
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 1)])
+def test_tf32_rounds_operands_to_nearest(kernel):
+    """With TF32 on, every kernel's products are those of operands rounded to the nearest TF32
+    value: equal, to fp32 accumulation, to a float64 convolution of the rounded operands (forward,
+    grad-input, grad-weight). Tensor cores truncate fp32 operands they are given raw (a biased
+    error, 2.4-3.2x cuDNN's on an H200); without the kernels' rounding the GPU fails this test by
+    ~1e-3, and so does the interpreter (exact fp32 products)."""
+    kh, kw = kernel
+    g = ConvGeometry(8, 8, kh, kw, kh // 2, kw // 2)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 8, 8, 64, generator=gen).to(DEVICE)
+    w = (torch.randn(kh, kw, 64, 32, generator=gen) / (8 * kh)).to(DEVICE)
+    idx = (torch.rand(2 * 64, generator=gen) < 0.6).nonzero().squeeze(1).to(DEVICE)
+    grad_rows = torch.randn(idx.numel(), 32, generator=gen).to(DEVICE)
+    out = torch.zeros(2, 8, 8, 32, device=DEVICE)
+    region_conv2d_forward_triton(x, w, idx, out, g, allow_tf32=True)
+    gx, gw = region_conv2d_backward_triton(grad_rows, x, w, idx, g, allow_tf32=True)
+
+    xr = _tf32_nearest(x).permute(0, 3, 1, 2).requires_grad_(True)
+    wr = _tf32_nearest(w).permute(3, 2, 0, 1).requires_grad_(True)
+    y = F.conv2d(xr, wr, padding=(kh // 2, kw // 2)).permute(0, 2, 3, 1).reshape(-1, 32)
+    g_dense = torch.zeros_like(y).index_copy_(0, idx, _tf32_nearest(grad_rows))
+    ref_gx, ref_gw = torch.autograd.grad(y, (xr, wr), g_dense)
+    for name, got, ref in (("forward", out.reshape(-1, 32)[idx], y[idx]),
+                           ("grad_input", gx, ref_gx.permute(0, 2, 3, 1)),
+                           ("grad_weight", gw, ref_gw.permute(2, 3, 1, 0))):
+        err = (got.double() - ref.detach()).abs().max().item()
+        assert err <= 2e-6 * (1 + ref.abs().max().item()), (name, err)
+
+
 @pytest.mark.parametrize("dtype", CONV_DTYPES)
 def test_weight_read_through_strides(dtype):
     """The launchers take the (KH, KW, C_in, C_out) view of an OIHW weight as it is, contiguous or

@@ -8,9 +8,10 @@
 #   bash benchmarks/gpu/validate.sh part4     # kernel and op time vs cuDNN over f = 1 .. 0.1, batch 1 and 4; threshold op
 #   bash benchmarks/gpu/validate.sh part5     # end to end lc_resnet50, 512x512, batch 1 and 8
 #   bash benchmarks/gpu/validate.sh part6     # end to end lc_irnet, 512x512, batch 1 and 8
-#   bash benchmarks/gpu/validate.sh digest    # one ~9-minute call for a session with 15 minutes of device
-#                                             # time: part2 without int64 (one config per variant), part4 on
-#                                             # the target layer, part5 with one config per layer (no autotuning)
+#   bash benchmarks/gpu/validate.sh digest    # one call of under 9 minutes for a session with 15 minutes of
+#                                             # device time: part2 without int64 (one config per kernel variant),
+#                                             # part4 on the target layer, parts 5 and 6 with one config per
+#                                             # layer (no autotuning), the threshold op
 #
 # Logs and JSON land in $OUT (default ./gpu_out): partN.log and partN.json (a few files per
 # part: the device tool brings back at most 8). Each part installs the package first
@@ -84,10 +85,12 @@ case "$PART" in
         run timeout 500 $V e2e --model lc_irnet --batches 1 8 --out "$OUT/part6.json"
         ;;
     digest)
-        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V correctness --out "$OUT/digest_correctness.json"
-        run timeout 200 $V kernels --cases "3x3 256->256 64x64" --out "$OUT/digest_kernels.json"
-        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V e2e --model lc_resnet50 --batches 1 8 --no-prewarm \
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 80 $V correctness --out "$OUT/digest_correctness.json"
+        run timeout 170 $V kernels --cases "3x3 256->256 64x64" --out "$OUT/digest_kernels.json"
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 90 $V e2e --model lc_resnet50 --batches 1 8 --no-prewarm \
             --out "$OUT/digest_e2e.json"
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V e2e --model lc_irnet --batches 1 8 --no-prewarm \
+            --out "$OUT/digest_e2e_irnet.json"
         run timeout 40 $V threshold --out "$OUT/digest_threshold.json"
         ;;
     *)

@@ -33,6 +33,7 @@ from .._triton_support import triton_interpreting
 from .geometry import ConvGeometry
 from .triton_common import (
     PRECISIONS,
+    dot_operands,
     dot_precision,
     interpreter_config,
     known,
@@ -255,9 +256,7 @@ def region_conv2d_bwd_input_kernel(
             mask_co = co < C_out
             a = tl.load(a_ptrs, mask=valid[:, None] & mask_co[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=mask_co[:, None] & mask_ci[None, :], other=0.0)
-        if DOT_FP32:  # interpreter: see the forward kernel
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a, b = dot_operands(a, b, DOT_FP32, DOT_PRECISION)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     dst = gx_ptr + in_row[:, None] * C_in + offs_ci[None, :]
@@ -308,9 +307,7 @@ def region_conv2d_bwd_weight_kernel(
             g = tl.load(g_ptrs, mask=mask_p[:, None], other=0.0)
         else:
             g = tl.load(g_ptrs, mask=mask_p[:, None] & mask_co[None, :], other=0.0)
-        if DOT_FP32:  # interpreter: see the forward kernel
-            xt = xt.to(tl.float32)
-            g = g.to(tl.float32)
+        xt, g = dot_operands(xt, g, DOT_FP32, DOT_PRECISION)
         acc = tl.dot(xt, g, acc, input_precision=DOT_PRECISION)
 
     split_stride = (KH * KW * C_in).to(tl.int64) * C_out
@@ -459,9 +456,9 @@ def region_conv2d_backward_triton(
                 geometry.pad_h, geometry.pad_w, geometry.dil_h, geometry.dil_w,
                 *strides, bucket,
             )
-            configs = grad_input_prune(cls, m=m, c_in=c_in, c_out=c_out)
             launch(_bwd_input_tuned[cls], _bwd_input_heuristic, grid_x, args,
-                   dict(KH=kh, KW=kw, POINTWISE=pos is None, **common), configs=configs,
+                   dict(KH=kh, KW=kw, POINTWISE=pos is None, **common),
+                   configs=lambda: grad_input_prune(cls, m=m, c_in=c_in, c_out=c_out),
                    ctas=lambda c: grid_x(c.kwargs)[0] * grid_x(c.kwargs)[1], device=x.device,
                    wrap_kernel=wrap_kernel)
     if need_weight:
@@ -482,9 +479,9 @@ def region_conv2d_backward_triton(
                 rows_per_split, bucket,
             )
             rows = None if known(p) is None else min(p, rows_per_split)
-            configs = grad_weight_prune(cls, rows=rows, c_in=c_in, c_out=c_out)
             launch(_bwd_weight_tuned[cls], _bwd_weight_heuristic, grid_w, args,
-                   dict(KH=kh, KW=kw, **common), configs=configs,
+                   dict(KH=kh, KW=kw, **common),
+                   configs=lambda: grad_weight_prune(cls, rows=rows, c_in=c_in, c_out=c_out),
                    ctas=lambda c: grid_w(c.kwargs)[0] * grid_w(c.kwargs)[1] * split, device=x.device,
                    wrap_kernel=wrap_kernel)
             # fixed-order reduction of the partials (a plain store when there is one split)

@@ -64,6 +64,29 @@ def tap_output_rows(n, iy, ix, live, tap, H_out, W_out, pad_h, pad_w, dil_h, dil
     return (n * H_out + oy) * W_out + ox, inside
 
 
+@triton.jit
+def round_to_tf32(x):
+    """fp32 -> the nearest TF32 value (ties away from zero, as ``cvt.rna.tf32.f32``), as fp32; NaN
+    kept. TF32 tensor cores read the top 19 bits of an fp32 operand, i.e. truncate, and Triton
+    feeds them the raw fp32 bits: a biased error, 2.4-3.2x cuDNN's (which rounds) on an H200."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)  # -8192: 0xFFFFE000
+    return tl.where(x == x, rounded, x)
+
+
+@triton.jit
+def dot_operands(a, b, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The two operands as a kernel's ``tl.dot`` takes them: fp32 under the interpreter (its dot
+    misreads bf16 operands; the products are then exact), rounded to TF32 when the dot runs in TF32."""
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if DOT_PRECISION == "tf32":
+        a = round_to_tf32(a)
+        b = round_to_tf32(b)
+    return a, b
+
+
 # ----------------------------------------------------------------------------------------------
 # host helpers
 
@@ -236,6 +259,10 @@ def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.dev
     thus the bits could differ between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its
     heuristics-wrapped kernel with ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k.
 
+    ``configs``: a zero-argument callable giving the pruned config list, called only on those two
+    paths (the autotuner prunes once per key itself; pruning on every call cost more host time than
+    a small layer's kernel, about 250 us on a 2-core EPYC).
+
     ``wrap_kernel``: applied to the kernel before the launch (``torch.library.wrap_triton`` inside a
     ``torch.library.triton_op``, so that torch.compile records the launch); None launches directly.
     """
@@ -244,10 +271,11 @@ def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.dev
     if triton_interpreting() or (choice == "autotune" and not deterministic()):
         wrap(tuned)[grid](*args, **kwargs)
         return
+    pruned = configs()
     if choice.isdigit():
-        cfg = configs[int(choice) % len(configs)]
+        cfg = pruned[int(choice) % len(pruned)]
     else:
-        cfg = fixed_config(configs, ctas, device)
+        cfg = fixed_config(pruned, ctas, device)
     if wrap_kernel is None:
         plain[grid](*args, **kwargs, **cfg.all_kwargs())
     else:

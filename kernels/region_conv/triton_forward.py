@@ -23,6 +23,7 @@ from .._triton_support import triton_interpreting
 from .geometry import ConvGeometry
 from .triton_common import (
     PRECISIONS,
+    dot_operands,
     dot_precision,
     interpreter_config,
     known,
@@ -164,9 +165,7 @@ def region_conv2d_fwd_kernel(
             mask_ci = ci < C_in
             a = tl.load(a_ptrs, mask=valid[:, None] & mask_ci[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=mask_ci[:, None] & mask_co[None, :], other=0.0)
-        if DOT_FP32:  # the interpreter's dot misreads bf16 operands: give it fp32 (exact products)
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a, b = dot_operands(a, b, DOT_FP32, DOT_PRECISION)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     # Fused epilogue: (acc + bias) * scale + shift as acc * scale + (bias * scale + shift), the
@@ -300,6 +299,6 @@ def region_conv2d_forward_triton(
         HAS_RESIDUAL=residual is not None, RELU=bool(relu),
         DOT_PRECISION=precision, DOT_FP32=triton_interpreting(),
     )
-    configs = forward_prune(cls, p=p, c_in=c_in, c_out=c_out)
-    launch(_fwd_tuned[cls], _fwd_heuristic, grid, args, kwargs, configs=configs,
+    launch(_fwd_tuned[cls], _fwd_heuristic, grid, args, kwargs,
+           configs=lambda: forward_prune(cls, p=p, c_in=c_in, c_out=c_out),
            ctas=lambda c: grid(c.kwargs)[0] * grid(c.kwargs)[1], device=x.device, wrap_kernel=wrap_kernel)

@@ -729,6 +729,78 @@ def cmd_threshold(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# host time: where the launch path spends it
+
+
+def _profile_top(fn, calls: int, top: int = 25) -> list[tuple[str, int, float, float]]:
+    """cProfile ``calls`` calls of ``fn`` (warm): (function, calls, own us per call of fn, cumulative
+    us per call of fn), the ``top`` largest own times."""
+    import cProfile
+    import pstats
+
+    fn()
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    sync()
+    stats = pstats.Stats(prof).stats
+    rows = [(f"{Path(f).name}:{line}({name})", nc, 1e6 * tt / calls, 1e6 * ct / calls)
+            for (f, line, name), (_, nc, tt, ct, _) in stats.items()]
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
+def cmd_host(args) -> int:
+    """cProfile of the host side: one forward kernel launch (the target layer, bf16, batch 4, f = 0.5),
+    the op with a prebuilt RegionIndex, and one LC forward of ``--model`` at batch 8 (paper stops)."""
+    from sparsecascade import create_model
+    from sparsecascade.bench.forced_stops import force_stop_fractions
+    from sparsecascade.kernels import ConvGeometry
+    from sparsecascade.ops.region_conv import run_region_conv
+    from sparsecascade.ops.region_index import RegionIndex
+
+    results = Results(args.out, "host")
+    fwd, _, _ = launchers()
+    hw, c = (6, 16) if DRY else (64, 256)
+    dtype = torch.bfloat16
+    g = ConvGeometry(hw, hw, 3, 3, 1, 1)
+    x_cl = torch.randn(4, c, hw, hw, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(c, c, 3, 3, device=DEVICE) / 48).to(dtype).contiguous(memory_format=torch.channels_last)
+    index = RegionIndex(coherent_mask(4, hw, hw, 0.5))
+    out = torch.zeros(4, hw, hw, c, dtype=dtype, device=DEVICE)
+    scale, shift = torch.ones(c, device=DEVICE), torch.zeros(c, device=DEVICE)
+    backend = "auto" if DRY else "triton"
+    cases = {
+        "kernel launch": lambda: fwd(x_cl.permute(0, 2, 3, 1), w.permute(2, 3, 1, 0), index.rows, out, g),
+        "op, prebuilt index, BN epilogue": lambda: run_region_conv(x_cl, w, None, index, g, backend, scale=scale,
+                                                                   shift=shift, relu=True),
+    }
+    model = create_model(args.model, num_classes=21).eval().to(DEVICE, dtype)
+    model = model.to(memory_format=torch.channels_last).set_backend(backend)
+    size = 64 if DRY else 512
+    xm = torch.randn(8, 3, size, size, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def lc_forward():
+        model.rho = 1.0
+        force_stop_fractions(model, list(PAPER_STOPS))
+        with torch.no_grad():
+            model(xm)
+
+    cases[f"{args.model} b8 LC forward"] = lc_forward
+    for name, fn in cases.items():
+        calls = 3 if "forward" in name else 200
+        rows = _profile_top(fn, calls)
+        total = host_us(fn, calls=calls)
+        results.add(dict(name=name, host_us_per_call=total, top=rows))
+        log(f"== {name}: {total:.0f} us of host time per call; own time per call, largest first:")
+        for fname, nc, own, cum in rows:
+            log(f"   {own:9.1f} us own {cum:9.1f} us cum {nc / calls:7.1f} calls  {fname}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # end to end
 
 
@@ -828,6 +900,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-prewarm", dest="prewarm", action="store_false")
     p.add_argument("--warm-only", action="store_true", help=argparse.SUPPRESS)
     common(sub.add_parser("threshold", help="the confidence threshold op in microseconds"))
+    p = common(sub.add_parser("host", help="cProfile of the host side: a kernel launch, the op, an LC forward"))
+    p.add_argument("--model", default="lc_resnet50")
     p = common(sub.add_parser("e2e", help="end to end, LC at the paper's stop shares against dense"))
     p.add_argument("--model", default="lc_resnet50")
     p.add_argument("--size", type=int, default=512)
@@ -846,7 +920,7 @@ def main(argv=None) -> int:
         return 2
     log(json.dumps(environment()))
     handler = {"correctness": cmd_correctness, "int64": cmd_int64, "configs": cmd_configs, "kernels": cmd_kernels,
-               "threshold": cmd_threshold, "e2e": cmd_e2e}[args.command]
+               "threshold": cmd_threshold, "e2e": cmd_e2e, "host": cmd_host}[args.command]
     return handler(args)
 
 

@@ -12,6 +12,8 @@
 #                                             # device time: part2 without int64 (one config per kernel variant),
 #                                             # part4 on the target layer, parts 5 and 6 with one config per
 #                                             # layer (no autotuning), the threshold op
+#   bash benchmarks/gpu/validate.sh digest2   # under 5 minutes: where the host time goes (cProfile), the
+#                                             # > 2^31-element case, part1 on the aligned/TF32/determinism tests
 #
 # Logs and JSON land in $OUT (default ./gpu_out): partN.log and partN.json (a few files per
 # part: the device tool brings back at most 8). Each part installs the package first
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu_out}
 mkdir -p "$OUT"
-PART=${1:?usage: validate.sh part1|part2|part3|part4|part5|part6|digest}
+PART=${1:?usage: validate.sh part1|part2|part3|part4|part5|part6|digest|digest2}
 LOG=$OUT/$PART.log
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TRITON_DEFAULT_FP_FUSION=1
@@ -92,6 +94,16 @@ case "$PART" in
         SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V e2e --model lc_irnet --batches 1 8 --no-prewarm \
             --out "$OUT/digest_e2e_irnet.json"
         run timeout 40 $V threshold --out "$OUT/digest_threshold.json"
+        ;;
+    digest2)
+        # what digest leaves out, for what is left of the session's device time (under 5 minutes)
+        run timeout 60 $V host --model lc_resnet50 --out "$OUT/digest2_host.json"
+        run timeout 100 $V int64 --out "$OUT/digest2_int64.json"
+        XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 110 $PY -m pytest -q $XDIST -p no:cacheprovider \
+            tests/test_triton_kernels.py tests/test_triton_determinism.py \
+            -k "aligned or tf32 or strides or residual or padding or determinis or first_argmax" \
+            --junitxml="$OUT/digest2_junit.xml"
         ;;
     *)
         echo "unknown part $PART"; exit 2 ;;

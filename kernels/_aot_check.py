@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ARCHS = (80, 90)
@@ -186,6 +186,29 @@ def _pressure(cfg, names) -> float:
 VARIANTS = ("even", "aligned", "unaligned")
 
 
+ONES = ("H", "W", "H_out", "W_out", "C_in", "C_out", "dil_h", "dil_w", "ROWS_PER_SPLIT")
+
+
+def _ones_variant(job: Job) -> Job:
+    """``job`` for a 1x1 kernel on a 1x1 image with one channel in and out: Triton turns every int
+    argument equal to 1 into a constexpr, so ``(KH * KW * C_in).to(...)`` is then ``int.to`` and fails
+    to compile (seen on an H200; the interpreter and the other variants never specialise them)."""
+    types, cx = dict(job.types), dict(job.constexprs)
+    for name in ONES:
+        if name in types:
+            del types[name]
+            cx[name] = 1
+    cx.update(KH=1, KW=1)
+    if "POINTWISE" in cx:  # a 1x1 kernel: the launcher passes idx as the (unused) map
+        cx["POINTWISE"] = True
+        types["pos_ptr"] = "*i64"
+    config = {**dict(job.config), "variant": "ones", "kernel": "1x1"}
+    label = f"{job.name} sm{job.arch} {job.dtype}{'-tf32' if job.tf32 else ''} " + " ".join(
+        f"{k}={v}" for k, v in config.items())
+    return replace(job, types=tuple(types.items()), constexprs=tuple(cx.items()), aligned_ints=(),
+                   label=label, config=tuple(config.items()))
+
+
 def build_jobs(subset: str = "full", archs=ARCHS, dtypes=DTYPES) -> list[Job]:
     """The compile matrix. ``full``: every region-conv kernel x precision class x config x channel
     variant x arch; kernel sizes, epilogue flags and weight layouts rotate over the configs.
@@ -308,6 +331,12 @@ def build_jobs(subset: str = "full", archs=ARCHS, dtypes=DTYPES) -> list[Job]:
             types = {"next_ptr": "*u8", "offset_ptr": "*i64", "out_ptr": "*i64", "M": "i32"}
             add(conf, "compact_rows_kernel", types, {"BLOCK_M": block_m}, warps, 3, arch, name="compact",
                 config={"BLOCK_M": block_m})
+        # a 1x1 image with one channel: every int equal to 1 is a constexpr at run time
+        region = [j for j in jobs if j.arch == arch and j.name in REGION_KERNELS and dict(j.config)["variant"] == "unaligned"]
+        for name in REGION_KERNELS:
+            first = next((j for j in region if j.name == name), None)
+            if first is not None:
+                jobs.append(_ones_variant(first))
         for kh, kw in KERNEL_SIZES[:2]:
             types = {"idx_ptr": "*i64", "pos_ptr": "*i32", "touched_ptr": "*i8",
                      **_scalars(["P", "H", "W", "H_out", "W_out", "pad_h", "pad_w", "dil_h", "dil_w"])}

@@ -101,6 +101,11 @@ MUTATIONS = [
     Mutation("TF32 operands truncated, not rounded to nearest (Triton kernels)", "kernels/region_conv/triton_common.py",
              "rounded = ((bits + 0x1000) & -8192)", "rounded = (bits & -8192)",
              ("tests/test_triton_kernels.py::test_tf32_rounds_operands_to_nearest",)),
+    Mutation("grad-weight split stride as (KH * KW * C_in).to(): fails to compile when C_in = 1",
+             "kernels/region_conv/triton_backward.py",
+             "split_stride = tl.full([], KH * KW, tl.int64) * C_in * C_out",
+             "split_stride = (KH * KW * C_in).to(tl.int64) * C_out",
+             ("tests/test_triton_compile.py::test_region_kernels_use_tensor_cores_and_never_spill",)),
 ]
 
 

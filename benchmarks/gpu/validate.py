@@ -173,6 +173,7 @@ def graph_ms(fn, *, rep: int = 100) -> float | None:
 def host_us(fn, *, calls: int = 50) -> float:
     """The host's time to issue one call of ``fn`` (mean over ``calls`` back-to-back calls, no sync in
     between: at these sizes the GPU keeps up, so this is the launch path's cost)."""
+    calls = 2 if DRY else calls  # interpreted kernels: the plumbing only
     sync()
     start = time.perf_counter()
     for _ in range(calls):

@@ -386,6 +386,29 @@ def _tf32_round(t: torch.Tensor) -> torch.Tensor:
     return torch.where((bits & 0x7F800000) == 0x7F800000, bits, rounded).view(torch.float32)
 
 
+def test_repeat_launch_skips_the_autotuner(monkeypatch):
+    """The first launch of an autotuning key goes through Triton's autotuner; later ones go straight
+    to the jitted kernel with the config it chose (the wrappers cost half of a launch's host time on
+    a GPU machine) and compute the same rows; another key (C_out) enters the autotuner again."""
+    from sparsecascade.kernels.region_conv import triton_forward as fwd
+
+    g = ConvGeometry(5, 6, 3, 3, 1, 1)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 5, 6, 40, generator=gen).to(DEVICE)  # C_in = 40: no other test's key
+    idx = torch.arange(0, 30, 2, device=DEVICE)
+    tuned = fwd._fwd_tuned["ieee"]
+    entered = []
+    run = tuned.run
+    monkeypatch.setattr(tuned, "run", lambda *a, **k: entered.append(1) or run(*a, **k))
+    for c_out in (48, 48, 48, 24):
+        w = (torch.randn(3, 3, 40, c_out, generator=gen) / 19).to(DEVICE)
+        out = torch.zeros(1, 5, 6, c_out, device=DEVICE)
+        region_conv2d_forward_triton(x, w, idx, out, g, relu=True)
+        ref = torch.relu(F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), padding=1)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(out.reshape(-1, c_out)[idx], ref.reshape(-1, c_out)[idx], atol=1e-5, rtol=1e-5)
+    assert len(entered) == 2  # C_out 48 and 24 once each, never the repeats
+
+
 def _tf32_nearest(t: torch.Tensor) -> torch.Tensor:
     """fp32 -> the nearest TF32 value, ties away from zero (PTX ``cvt.rna.tf32.f32``, what cuDNN
     feeds its TF32 tensor cores), as float64."""

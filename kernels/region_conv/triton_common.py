@@ -254,6 +254,30 @@ def one_config_kernel(plain, cfg: triton.Config):
     return kernel
 
 
+# (autotuner, its key) -> the launch kwargs of the config it chose, heuristics included
+_CHOSEN: dict[tuple, dict] = {}
+
+
+def launch_chosen(tuned, plain, grid, args, kwargs) -> None:
+    """Launch through ``tuned`` (an autotuner over the heuristics-wrapped ``plain``) once per
+    autotuning key, then straight into the jitted kernel with the config it chose and the values of
+    the heuristics for it. Triton's autotuner and heuristics wrappers cost about 60 of the 120 us of
+    host time of one launch on an H200 machine (validate.py host), more than the GPU time of a small
+    layer. The key is the autotuner's own (its ``keys`` arguments and the tensors' dtypes), so the
+    choice is the one it would look up."""
+    named = dict(zip(tuned.arg_names, args))
+    named.update(kwargs)
+    key = (id(tuned), *(named[k] for k in tuned.keys), *(str(a.dtype) for a in args if hasattr(a, "dtype")))
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        tuned[grid](*args, **kwargs)
+        cfg = tuned.best_config
+        meta = {**named, **cfg.all_kwargs()}
+        _CHOSEN[key] = {**cfg.all_kwargs(), **{name: rule(meta) for name, rule in plain.values.items()}}
+        return
+    plain.fn[grid](*args, **kwargs, **chosen)
+
+
 def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.device, wrap_kernel=None) -> None:
     """Run an autotuned kernel; in deterministic mode (autotuning picks by timing, so the tiles and
     thus the bits could differ between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its
@@ -269,7 +293,10 @@ def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.dev
     choice = os.environ.get(CONFIG_ENV, "autotune")
     wrap = wrap_kernel or _identity
     if triton_interpreting() or (choice == "autotune" and not deterministic()):
-        wrap(tuned)[grid](*args, **kwargs)
+        if wrap_kernel is None:
+            launch_chosen(tuned, plain, grid, args, kwargs)
+        else:
+            wrap(tuned)[grid](*args, **kwargs)
         return
     pruned = configs()
     if choice.isdigit():

@@ -17,10 +17,12 @@ and bf16, with the aligned-channel specialisation, is checked by the ahead-of-ti
 (tests/test_triton_compile.py, running sparsecascade.kernels._aot_check); the low-precision
 numerics by running this file on a CUDA machine without TRITON_INTERPRET.
 
-TF32: the launchers follow torch's cuDNN TF32 switch (on by default, as for ``F.conv2d``); the
-interpreter computes exact fp32 products whatever the switch says. The exact fp32 checks here
-run with the switch off (``_exact_fp32``); ``test_forward_tf32_follows_torch_switch`` checks TF32
-against ``F.conv2d`` under the same switch. Real sizes, TF32 on tensor cores, NaN propagation,
+TF32: on a GPU the launchers follow torch's cuDNN TF32 switch (on by default, as for ``F.conv2d``);
+on a CPU (the interpreter) they are exact, as ``F.conv2d`` is there, unless ``allow_tf32=True`` asks
+for TF32: then the operands are rounded to TF32 as on the GPU and the interpreter's fp32 dot adds
+no error of its own (``test_tf32_rounds_operands_to_nearest``). The exact fp32 checks here run with
+the switch off (``_exact_fp32``); ``test_forward_tf32_follows_torch_switch`` checks TF32 against
+``F.conv2d`` under the same switch. Real sizes, TF32 on tensor cores, NaN propagation,
 int64 offsets beyond 2^31 elements, bitwise determinism and timing against cuDNN need a GPU:
 ``bash benchmarks/gpu/validate.sh`` (which also runs this file there, TRITON_INTERPRET=0).
 """
@@ -362,8 +364,10 @@ def test_forward_tf32_follows_torch_switch(enabled):
     idx = (torch.rand(2 * 64, generator=gen) < 0.5).nonzero().squeeze(1).to(DEVICE)
     nchw, oihw = x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1)
     with cudnn_tf32(enabled):
-        assert dot_precision(torch.float32, None) == ("tf32" if enabled else "ieee")
-        assert dot_precision(torch.float32, not enabled) == ("ieee" if enabled else "tf32")  # explicit wins
+        assert dot_precision(torch.float32, None, torch.device("cuda")) == ("tf32" if enabled else "ieee")
+        assert dot_precision(torch.float32, None, torch.device("cpu")) == "ieee"  # as F.conv2d on a CPU
+        for device in ("cpu", "cuda"):  # an explicit choice wins
+            assert dot_precision(torch.float32, not enabled, torch.device(device)) == ("ieee" if enabled else "tf32")
         out = torch.zeros(2, 8, 8, 64, device=DEVICE)
         region_conv2d_forward_triton(x, w, idx, out, g)
         y_torch = F.conv2d(nchw, oihw, padding=1).permute(0, 2, 3, 1)

@@ -414,7 +414,7 @@ def region_conv2d_backward_triton(
 
     Returns (grad_x (N, H, W, C_in) fp32 or None, grad_weight (KH, KW, C_in, C_out) fp32 or None),
     deterministic (no atomics). ``weight`` may be any strided (KH, KW, C_in, C_out) view.
-    ``allow_tf32``: None follows torch's cuDNN TF32 switch (as ``F.conv2d``'s backward does).
+    ``allow_tf32``: None follows torch's cuDNN TF32 switch on a GPU (as ``F.conv2d``'s backward does).
     For fp16/bf16 ``x``, ``grad_rows`` is rounded to that dtype for the tensor-core GEMMs.
     ``input_index``: ``build_input_index(idx, geometry, N)``, if the caller already has it.
     ``wrap_kernel``: applied to every kernel before its launch (``torch.library.wrap_triton`` inside
@@ -435,7 +435,7 @@ def region_conv2d_backward_triton(
     assert grad_rows.dim() == 2 and grad_rows.shape[1] == c_out, f"grad_rows has shape {tuple(grad_rows.shape)}"
     torch._check(grad_rows.shape[0] == p, lambda: f"grad_rows has {grad_rows.shape[0]} rows, idx {p}")
     g = grad_rows.to(x.dtype).contiguous()  # 16-bit operands for the tensor cores; fp32 stays fp32
-    precision = dot_precision(x.dtype, allow_tf32)
+    precision = dot_precision(x.dtype, allow_tf32, x.device)
     cls = precision_class(x.dtype, precision)
     common = dict(DOT_PRECISION=precision, DOT_FP32=triton_interpreting())
     bucket = p_bucket(p)

@@ -115,13 +115,15 @@ def tf32_enabled() -> bool:
         return False
 
 
-def dot_precision(dtype: torch.dtype, allow_tf32: bool | None) -> str:
+def dot_precision(dtype: torch.dtype, allow_tf32: bool | None, device: torch.device) -> str:
     """The ``input_precision`` a kernel's ``tl.dot`` gets: "tf32" or "ieee" (fp32 operands only;
-    fp16/bf16 operands always run on tensor cores with fp32 accumulation)."""
+    fp16/bf16 operands always run on tensor cores with fp32 accumulation). ``allow_tf32=None``
+    decides as ``F.conv2d`` would for a tensor on ``device``: TF32 on a GPU when torch's cuDNN switch
+    allows it, never on a CPU (the interpreter then computes exact fp32 products, as torch does)."""
     if dtype != torch.float32:
         return "ieee"
     if allow_tf32 is None:
-        allow_tf32 = tf32_enabled()
+        allow_tf32 = device.type == "cuda" and tf32_enabled()
     return "tf32" if allow_tf32 else "ieee"
 
 

@@ -244,7 +244,8 @@ def region_conv2d_forward_triton(
 
     ``weight`` (KH, KW, C_in, C_out) may be any strided view (read through its strides).
     ``allow_tf32``: fp32 products on TF32 tensor cores (about 1e-3 relative error); None (default)
-    follows torch's cuDNN switch at call time, as ``F.conv2d`` does; False: exact fp32 products.
+    follows torch's cuDNN switch at call time on a GPU, as ``F.conv2d`` does (exact on a CPU, under the
+    interpreter); False: exact fp32 products.
     ``wrap_kernel``: applied to the kernel before its launch (``torch.library.wrap_triton`` inside a
     ``torch.library.triton_op``); None launches it directly.
     """
@@ -275,7 +276,7 @@ def region_conv2d_forward_triton(
         folded = bias.float() * scale.float() if scale is not None else bias.float()
         shift, bias = (folded + shift.float()).contiguous(), None
 
-    precision = dot_precision(x.dtype, allow_tf32)
+    precision = dot_precision(x.dtype, allow_tf32, x.device)
     cls = precision_class(x.dtype, precision)
 
     def grid(meta):

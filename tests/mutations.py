@@ -106,6 +106,9 @@ MUTATIONS = [
              "split_stride = tl.full([], KH * KW, tl.int64) * C_in * C_out",
              "split_stride = (KH * KW * C_in).to(tl.int64) * C_out",
              ("tests/test_triton_compile.py::test_region_kernels_use_tensor_cores_and_never_spill",)),
+    Mutation("Triton launches never reuse the autotuner's choice (its wrappers on every call)",
+             "kernels/region_conv/triton_common.py", "    chosen = _CHOSEN.get(key)\n", "    chosen = None\n",
+             ("tests/test_triton_kernels.py::test_repeat_launch_skips_the_autotuner",)),
 ]
 
 

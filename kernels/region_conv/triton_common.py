@@ -281,9 +281,10 @@ def launch_chosen(tuned, plain, grid, args, kwargs) -> None:
 
 
 def launch(tuned, plain, grid, args, kwargs, *, configs, ctas, device: torch.device, wrap_kernel=None) -> None:
-    """Run an autotuned kernel; in deterministic mode (autotuning picks by timing, so the tiles and
-    thus the bits could differ between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its
-    heuristics-wrapped kernel with ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k.
+    """Run an autotuned kernel (``launch_chosen``; inside torch.compile the autotuner itself); in
+    deterministic mode (autotuning picks by timing, so the tiles and thus the bits could differ
+    between processes) or with SPARSECASCADE_TRITON_CONFIG=fixed, its heuristics-wrapped kernel with
+    ``fixed_config``; with SPARSECASCADE_TRITON_CONFIG=k, config k.
 
     ``configs``: a zero-argument callable giving the pruned config list, called only on those two
     paths (the autotuner prunes once per key itself; pruning on every call cost more host time than

@@ -378,16 +378,17 @@ def test_forward_tf32_follows_torch_switch(enabled):
 
     err, torch_err = (rows(out) - rows(ref)).abs().max().item(), (rows(y_torch) - rows(ref)).abs().max().item()
     if enabled:  # cuDNN may pick a non-TF32 algorithm: also allow the error of TF32-rounded operands
-        emulated = F.conv2d(_tf32_round(nchw).double(), _tf32_round(oihw).double(), padding=1).permute(0, 2, 3, 1)
+        emulated = F.conv2d(_tf32_round(nchw), _tf32_round(oihw), padding=1).permute(0, 2, 3, 1)
         torch_err = max(torch_err, (rows(emulated) - rows(ref)).abs().max().item())
     assert err <= 2 * torch_err + 1e-5 * (1 + rows(ref).abs().max().item()), (err, torch_err)
 
 
 def _tf32_round(t: torch.Tensor) -> torch.Tensor:
-    """fp32 -> the nearest TF32 value (10 mantissa bits, ties to even), as fp32."""
+    """fp32 -> the nearest TF32 value, ties away from zero (PTX ``cvt.rna.tf32.f32``, what cuDNN
+    feeds its TF32 tensor cores), as float64."""
     bits = t.float().contiguous().view(torch.int32)
-    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & ~0x1FFF
-    return torch.where((bits & 0x7F800000) == 0x7F800000, bits, rounded).view(torch.float32)
+    rounded = torch.where((bits & 0x7F800000) == 0x7F800000, bits, (bits + 0x1000) & ~0x1FFF)
+    return rounded.view(torch.float32).double()
 
 
 def test_repeat_launch_skips_the_autotuner(monkeypatch):
@@ -413,14 +414,6 @@ def test_repeat_launch_skips_the_autotuner(monkeypatch):
     assert len(entered) == 2  # C_out 48 and 24 once each, never the repeats
 
 
-def _tf32_nearest(t: torch.Tensor) -> torch.Tensor:
-    """fp32 -> the nearest TF32 value, ties away from zero (PTX ``cvt.rna.tf32.f32``, what cuDNN
-    feeds its TF32 tensor cores), as float64."""
-    bits = t.float().contiguous().view(torch.int32)
-    rounded = torch.where((bits & 0x7F800000) == 0x7F800000, bits, (bits + 0x1000) & ~0x1FFF)
-    return rounded.view(torch.float32).double()
-
-
 @pytest.mark.parametrize("kernel", [(3, 3), (1, 1)])
 def test_tf32_rounds_operands_to_nearest(kernel):
     """With TF32 on, every kernel's products are those of operands rounded to the nearest TF32
@@ -439,10 +432,10 @@ def test_tf32_rounds_operands_to_nearest(kernel):
     region_conv2d_forward_triton(x, w, idx, out, g, allow_tf32=True)
     gx, gw = region_conv2d_backward_triton(grad_rows, x, w, idx, g, allow_tf32=True)
 
-    xr = _tf32_nearest(x).permute(0, 3, 1, 2).requires_grad_(True)
-    wr = _tf32_nearest(w).permute(3, 2, 0, 1).requires_grad_(True)
+    xr = _tf32_round(x).permute(0, 3, 1, 2).requires_grad_(True)
+    wr = _tf32_round(w).permute(3, 2, 0, 1).requires_grad_(True)
     y = F.conv2d(xr, wr, padding=(kh // 2, kw // 2)).permute(0, 2, 3, 1).reshape(-1, 32)
-    g_dense = torch.zeros_like(y).index_copy_(0, idx, _tf32_nearest(grad_rows))
+    g_dense = torch.zeros_like(y).index_copy_(0, idx, _tf32_round(grad_rows))
     ref_gx, ref_gw = torch.autograd.grad(y, (xr, wr), g_dense)
     for name, got, ref in (("forward", out.reshape(-1, 32)[idx], y[idx]),
                            ("grad_input", gx, ref_gx.permute(0, 2, 3, 1)),

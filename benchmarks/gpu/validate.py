@@ -773,10 +773,10 @@ def cmd_host(args) -> int:
     out = torch.zeros(4, hw, hw, c, dtype=dtype, device=DEVICE)
     scale, shift = torch.ones(c, device=DEVICE), torch.zeros(c, device=DEVICE)
     backend = "auto" if DRY else "triton"
-    cases = {
-        "kernel launch": lambda: fwd(x_cl.permute(0, 2, 3, 1), w.permute(2, 3, 1, 0), index.rows, out, g),
-        "op, prebuilt index, BN epilogue": lambda: run_region_conv(x_cl, w, None, index, g, backend, scale=scale,
-                                                                   shift=shift, relu=True),
+    cases = {  # name: (the call, calls profiled)
+        "kernel launch": (lambda: fwd(x_cl.permute(0, 2, 3, 1), w.permute(2, 3, 1, 0), index.rows, out, g), 200),
+        "op, prebuilt index, BN epilogue": (lambda: run_region_conv(x_cl, w, None, index, g, backend, scale=scale,
+                                                                    shift=shift, relu=True), 200),
     }
     model = create_model(args.model, num_classes=21).eval().to(DEVICE, dtype)
     model = model.to(memory_format=torch.channels_last).set_backend(backend)
@@ -789,9 +789,8 @@ def cmd_host(args) -> int:
         with torch.no_grad():
             model(xm)
 
-    cases[f"{args.model} b8 LC forward"] = lc_forward
-    for name, fn in cases.items():
-        calls = 3 if "forward" in name else 200
+    cases[f"{args.model} b8 LC forward"] = (lc_forward, 3)
+    for name, (fn, calls) in cases.items():
         rows = _profile_top(fn, calls)
         total = host_us(fn, calls=calls)
         results.add(dict(name=name, host_us_per_call=total, top=rows))

@@ -52,6 +52,8 @@ install() {
 }
 
 V="$PY benchmarks/gpu/validate.py"
+# pytest-xdist spreads the Triton compiles over the CPU cores when it is installed
+XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
 status=0
 run() {  # run a step, keep going on failure, remember it
     echo "-- $*"
@@ -63,9 +65,7 @@ run() {  # run a step, keep going on failure, remember it
 install
 case "$PART" in
     part1)
-        # one compile per kernel variant instead of one per autotune config (part3 covers every config);
-        # pytest-xdist spreads the compiles over the CPU cores when it is installed
-        XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
+        # one compile per kernel variant instead of one per autotune config (part3 covers every config)
         SPARSECASCADE_TRITON_CONFIG=fixed run timeout 480 $PY -m pytest -q $XDIST -p no:cacheprovider \
             tests/test_triton_kernels.py tests/test_triton_determinism.py --junitxml="$OUT/part1_junit.xml"
         ;;
@@ -99,7 +99,6 @@ case "$PART" in
         # what digest leaves out, for what is left of the session's device time (under 5 minutes)
         run timeout 60 $V host --model lc_resnet50 --out "$OUT/digest2_host.json"
         run timeout 100 $V int64 --out "$OUT/digest2_int64.json"
-        XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
         SPARSECASCADE_TRITON_CONFIG=fixed run timeout 110 $PY -m pytest -q $XDIST -p no:cacheprovider \
             tests/test_triton_kernels.py tests/test_triton_determinism.py \
             -k "aligned or tf32 or strides or residual or padding or determinis or first_argmax" \

@@ -189,6 +189,28 @@ def load_trained_model(path, device="cpu") -> tuple[LayerCascade, TrainConfig]:
     return model.to(device).eval(), cfg
 
 
+def load_init_weights(model: LayerCascade, path) -> None:
+    """Every weight of ``model`` from ``path``: a training checkpoint (verified) or a safetensors file
+    of a LayerCascade state dict; a one-line ``ValueError`` naming ``init_weights`` when they do not fit."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"init_weights: {path} does not exist")
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+    else:
+        weights = load_checkpoint(path)["model"]
+    mine = model.state_dict()
+    missing, unexpected = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+    misshapen = sorted(k for k in set(mine) & set(weights) if mine[k].shape != weights[k].shape)
+    if missing or unexpected or misshapen:
+        raise ValueError(f"init_weights: {path} does not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, other shapes {misshapen[:3]}, {len(missing + unexpected + misshapen)} "
+                         f"in all); expected the weights of the same architecture and number of classes")
+    model.load_state_dict({k: v.to(mine[k].dtype) for k, v in weights.items()})
+
+
 def truncate_log_after(path: Path, step: int) -> None:
     """Drop log lines a killed run wrote after its last checkpoint (the resumed run rewrites them),
     and a line it was killed in the middle of."""

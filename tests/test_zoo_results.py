@@ -131,6 +131,21 @@ def test_every_table_and_each_target_met_or_missed_with_its_margin(tmp_path):
     assert card.startswith((VGG / "README.md").read_text().split(mr.CARD_BEGIN)[0])
 
 
+def test_a_shipped_run_that_continues_another_reports_both(tmp_path):
+    """A shipped run started from an earlier run's weights: both runs' phases in the training table, and
+    its budget is the sum of theirs."""
+    folder = experiment_copy(tmp_path)
+    full_experiment(folder)
+    spec = json.loads((folder / "results_spec.json").read_text())
+    spec["long_run"]["continues"] = [["lc_first", "LC, the first part"]]
+    write(folder / "results_spec.json", spec)
+    train_files(folder, "lc_first", "lc", 600)
+    text = mr.build(mr.Experiment(folder))
+    assert "| LC, the first part | dsn | 1-400 |" in text and "| LC, the first part | cascade | 401-600 |" in text
+    assert ("Its budget: 1500 steps of batch 8 (`lc_first` 600, then `lc_long` 900, each run starting from the "
+            "weights of the one before, with a fresh schedule): 12000 images, 32.7 epochs.") in text
+
+
 def test_make_results_writes_results_md_and_the_card(tmp_path):
     folder = experiment_copy(tmp_path)
     full_experiment(folder, lc=0.54, dsn=0.53, pole=0.2)

@@ -25,7 +25,8 @@ here needs every file to exist. With figures (the default) it also draws
 results_spec.json keys: ``name``, ``title``, ``runs_dir``, ``data_root``, ``eval_size``,
 ``train_images``, ``recipe``, ``main_run`` (the run whose config is ``cfg``), ``table2`` (``heading``,
 ``runs`` as [run, label] pairs, ``paper``, ``default_row``), ``long_run`` (a run outside Table 2's
-budget: ``run``, ``label``, ``heads``), ``sweep`` (``run``, ``rhos``, ``speedup``, ``per_class``),
+budget: ``run``, ``label``, ``heads``, ``continues``: [run, label] pairs of the runs it started from,
+oldest first), ``sweep`` (``run``, ``rhos``, ``speedup``, ``per_class``),
 ``calibrations`` (budgets, as written in the folder names) and ``calibration_rhos``, ``default`` (``{"calibration": B}`` or
 ``{"min_speedup": X}``), ``table3_rhos``, ``targets``, ``training_summary``, ``pictures``,
 ``shipped_images``, ``curves_title``.
@@ -91,7 +92,9 @@ class Experiment:
         table2 = self.spec.get("table2", {})
         self.table2 = [tuple(r) for r in table2.get("runs", [])]
         self.long = self.spec.get("long_run")
-        names = [r for r, _ in self.table2] + ([self.long["run"]] if self.long else [])
+        # the runs the shipped run continues (their weights initialised it), oldest first
+        self.earlier = [tuple(r) for r in (self.long or {}).get("continues", [])]
+        names = [r for r, _ in self.table2] + [r for r, _ in self.earlier] + ([self.long["run"]] if self.long else [])
         self.runs = list(dict.fromkeys(names))
         self.configs = {r: self._file(r, "config.json") for r in self.runs}
         self.logs = {r: read_log(self.results / r / "log.jsonl") if (self.results / r / "log.jsonl").is_file() else None
@@ -180,6 +183,7 @@ def training_curves(x: Experiment, out: Path) -> None:
 
     labels = dict(x.table2)
     if x.long:
+        labels.update(dict(x.earlier))
         labels[x.long["run"]] = x.long["label"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for run in x.runs:
@@ -382,6 +386,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
     t2 = spec.get("table2", {})
     labels = dict(x.table2)
     if x.long:
+        labels.update(dict(x.earlier))
         labels[x.long["run"]] = x.long["label"]
     if figures:
         if any(x.logs.values()):
@@ -593,10 +598,14 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
         md += ["", "Per-class IoU (%):", "", "| network | " + " | ".join(class_names) + " |",
                "|---|" + "---|" * len(class_names)]
         md += [f"| {label} | " + " | ".join(pct(v) for v in e["iou"]) + " |" for label, e in extra_iou]
-    if cfg:
-        md += ["", f"Its budget: {cfg['steps']} steps of batch {cfg['batch_size']} "
-               f"({cfg['steps'] * cfg['batch_size']} images, "
-               f"{cfg['steps'] * cfg['batch_size'] / x.spec.get('train_images', 367):.1f} epochs)."]
+    parts = [(r, x.configs.get(r)) for r, _ in x.earlier] + [(run, cfg)]
+    if all(c for _, c in parts):
+        steps = sum(c["steps"] for _, c in parts)
+        images = sum(c["steps"] * c["batch_size"] for _, c in parts)
+        how = (" (" + ", then ".join(f"`{r}` {c['steps']}" for r, c in parts) + ", each run starting from the "
+               "weights of the one before, with a fresh schedule)") if x.earlier else ""
+        md += ["", f"Its budget: {steps} steps of batch {cfg['batch_size']}{how}: {images} images, "
+               f"{images / x.spec.get('train_images', 367):.1f} epochs."]
     return md
 
 

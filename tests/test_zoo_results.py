@@ -142,6 +142,7 @@ def test_a_shipped_run_that_continues_another_reports_both(tmp_path):
     train_files(folder, "lc_first", "lc", 600)
     text = mr.build(mr.Experiment(folder))
     assert "| LC, the first part | dsn | 1-400 |" in text and "| LC, the first part | cascade | 401-600 |" in text
+    assert "| LC, the shipped run | dsn | 601-1200 |" in text  # its steps count on from the first part's
     assert ("Its budget: 1500 steps of batch 8 (`lc_first` 600, then `lc_long` 900, each run starting from the "
             "weights of the one before, with a fresh schedule): 12000 images, 32.7 epochs.") in text
 

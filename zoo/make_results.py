@@ -113,6 +113,13 @@ class Experiment:
         main = self.spec.get("main_run")
         self.cfg = self.configs.get(main) or self.recipe or {}
 
+    def step_offset(self, run: str) -> int:
+        """The steps a run continues from: the configured steps of the runs the shipped run continues
+        that come before it (0 for any other run)."""
+        chain = [r for r, _ in self.earlier] + ([self.long["run"]] if self.earlier else [])
+        before = chain[:chain.index(run)] if run in chain else []
+        return sum((self.configs.get(r) or {}).get("steps", 0) for r in before)
+
     def _file(self, *parts):
         path = self.results.joinpath(*parts)
         return load(path) if path.is_file() else None
@@ -189,7 +196,8 @@ def training_curves(x: Experiment, out: Path) -> None:
     for run in x.runs:
         log = x.logs.get(run)
         if log:
-            ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=labels[run])
+            offset = x.step_offset(run)
+            ax.plot([offset + r["step"] for r in log], [r["loss"] for r in log], label=labels[run])
     ax.set_xlabel(f"step (batch {x.cfg.get('batch_size', 8)})")
     ax.set_ylabel("training loss (summed over the trained heads)")
     ax.set_title(x.spec.get("curves_title", f"{x.name}: training loss"))
@@ -355,7 +363,7 @@ def training_summary(x: Experiment, labels: dict) -> list[str]:
         if not log:
             md.append(f"| {labels[run]} | {x.missing(run)} | | | | | |")
             continue
-        batch, previous = config.get("batch_size", 8), 0
+        batch, previous, offset = config.get("batch_size", 8), 0, x.step_offset(run)
         phases: dict[str, list] = {}
         for r in log:
             phases.setdefault(r["phase"], []).append(r)
@@ -371,7 +379,8 @@ def training_summary(x: Experiment, labels: dict) -> list[str]:
             rate = statistics.median(r["img_per_s"] for r in records if r.get("img_per_s"))
             fractions = records[-1].get("region_fractions") or []
             reached = " / ".join(pct(f) for f in fractions[1:]) if phase == "cascade" else ""
-            md.append(f"| {labels[run]} | {phase} | {previous + 1}-{last} | {records[0]['loss']:.2f} -> {tail:.2f} | "
+            md.append(f"| {labels[run]} | {phase} | {offset + previous + 1}-{offset + last} | "
+                      f"{records[0]['loss']:.2f} -> {tail:.2f} | "
                       f"{rate:.2f} | {seconds / 3600:.2f} | {reached} |")
             previous = last
         state = x.training_state(run)

@@ -41,6 +41,21 @@ def test_cascade_benchmark_imposes_the_paper_stop_shares(tmp_path):
         assert r["mac_bound"] > 1.2
 
 
+def test_coherent_stop_takes_the_share_from_the_active_pixels_the_same_way_each_time():
+    from sparsecascade.bench.forced_stops import coherent_stop
+
+    active = torch.ones(2, 24, 32, dtype=torch.bool)
+    active[1, :, :8] = False  # image 1: a quarter inactive
+    stop = coherent_stop(active, 0.25)
+    assert stop.sum(dim=(1, 2)).tolist() == [192, 192] and not (stop & ~active).any()
+    assert torch.equal(coherent_stop(active, 0.25), stop)  # the same blobs on every call
+    # coherent: a stopped pixel's right-hand neighbour mostly stopped too (random masks: about a quarter)
+    same = (stop[0, :, 1:] == stop[0, :, :-1]).float().mean()
+    assert same > 0.85
+    # more than the active pixels: every active pixel stops, none other
+    assert torch.equal(coherent_stop(active, 0.9)[1], active[1])
+
+
 def test_forced_stops_hold_for_the_with_block():
     model = sc.create_model("lc_resnet18", 3, head_channels=8, layers=(1, 1, 1, 1), rho=0.0).eval()
     x = torch.randn(1, 3, 64, 64)

@@ -12,6 +12,7 @@ and boundaries), the same blobs on every run at one map size.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -29,16 +30,24 @@ def coherent_stop(active: torch.Tensor, fraction: float) -> torch.Tensor:
     time the same masks; pixels with the lowest field values stop first.
     """
     n, h, w = active.shape
-    gen = torch.Generator().manual_seed(h * 10007 + w)
-    field = torch.rand(1, 1, max(2, h // 8), max(2, w // 8), generator=gen)
-    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).reshape(1, -1)
-    field = (field + 1e-6 * torch.rand(1, h * w, generator=gen)).to(active.device).expand(n, -1)
+    field = _stop_field(h, w, active.device).expand(n, -1)
     count = min(round(fraction * h * w), h * w)
     ranked = torch.where(active.reshape(n, -1), field, torch.full_like(field, float("inf")))
     stop = torch.zeros(n, h * w, dtype=torch.bool, device=active.device)
     if count:
         stop.scatter_(1, ranked.topk(count, dim=1, largest=False).indices, True)
     return (stop & active.reshape(n, -1)).view(n, h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _stop_field(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """The smooth random field (1, h * w) of one map size, made once per size and device: a timed
+    forward pays for ranking it, as the threshold kernel's pass, not for making it on the host and
+    copying it to the GPU."""
+    gen = torch.Generator().manual_seed(h * 10007 + w)
+    field = torch.rand(1, 1, max(2, h // 8), max(2, w // 8), generator=gen)
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).reshape(1, -1)
+    return (field + 1e-6 * torch.rand(1, h * w, generator=gen)).to(device)
 
 
 class ForcedStops:

@@ -20,7 +20,8 @@ the RNG states. On a CPU a killed and resumed run ends with the weights of an un
 bit for bit; on a GPU up to the non-determinism of its kernels. Resuming is also safe: each checkpoint
 carries a checksum, the one before it is kept as ``previous.pt``, and a damaged ``last.pt`` falls
 back to it (with a warning); ``train`` into a folder holding a run needs ``resume`` or ``overwrite``.
-A run whose loss turns non-finite or explodes stops itself (``TrainingDiverged``).
+A run whose loss turns non-finite or explodes stops itself (``TrainingDiverged``). A run may start from
+every weight of an earlier one (``init_weights``: a warm restart, with a fresh optimizer and schedule).
 
 Data parallel: launch with torchrun (``WORLD_SIZE`` etc. in the environment); gloo on a CPU, NCCL on
 GPUs. ``batch_size`` is the global batch, split evenly over the processes; each stage's loss is the

@@ -94,6 +94,7 @@ class Experiment:
         self.long = self.spec.get("long_run")
         # the runs the shipped run continues (their weights initialised it), oldest first
         self.earlier = [tuple(r) for r in (self.long or {}).get("continues", [])]
+        self.chain = [r for r, _ in self.earlier] + ([self.long["run"]] if self.long else [])  # the shipped run's parts
         names = [r for r, _ in self.table2] + [r for r, _ in self.earlier] + ([self.long["run"]] if self.long else [])
         self.runs = list(dict.fromkeys(names))
         self.configs = {r: self._file(r, "config.json") for r in self.runs}
@@ -116,9 +117,16 @@ class Experiment:
     def step_offset(self, run: str) -> int:
         """The steps a run continues from: the configured steps of the runs the shipped run continues
         that come before it (0 for any other run)."""
-        chain = [r for r, _ in self.earlier] + ([self.long["run"]] if self.earlier else [])
-        before = chain[:chain.index(run)] if run in chain else []
+        before = self.chain[:self.chain.index(run)] if run in self.chain else []
         return sum((self.configs.get(r) or {}).get("steps", 0) for r in before)
+
+    def labels(self) -> dict:
+        """Each run's name in the tables: Table 2's, then the shipped run's parts."""
+        labels = dict(self.table2)
+        if self.long:
+            labels.update(dict(self.earlier))
+            labels[self.long["run"]] = self.long["label"]
+        return labels
 
     def _file(self, *parts):
         path = self.results.joinpath(*parts)
@@ -188,10 +196,7 @@ def training_curves(x: Experiment, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = dict(x.table2)
-    if x.long:
-        labels.update(dict(x.earlier))
-        labels[x.long["run"]] = x.long["label"]
+    labels = x.labels()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for run in x.runs:
         log = x.logs.get(run)
@@ -393,10 +398,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
     spec = x.spec
     default, why = x.default()
     t2 = spec.get("table2", {})
-    labels = dict(x.table2)
-    if x.long:
-        labels.update(dict(x.earlier))
-        labels[x.long["run"]] = x.long["label"]
+    labels = x.labels()
     if figures:
         if any(x.logs.values()):
             training_curves(x, x.results / "training_curves.png")
@@ -607,7 +609,7 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
         md += ["", "Per-class IoU (%):", "", "| network | " + " | ".join(class_names) + " |",
                "|---|" + "---|" * len(class_names)]
         md += [f"| {label} | " + " | ".join(pct(v) for v in e["iou"]) + " |" for label, e in extra_iou]
-    parts = [(r, x.configs.get(r)) for r, _ in x.earlier] + [(run, cfg)]
+    parts = [(r, x.configs.get(r)) for r in x.chain]
     if all(c for _, c in parts):
         steps = sum(c["steps"] for _, c in parts)
         images = sum(c["steps"] * c["batch_size"] for _, c in parts)

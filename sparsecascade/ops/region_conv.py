@@ -220,8 +220,7 @@ def _(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual,
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-@torch.library.custom_op("sparsecascade::region_conv2d_backward", mutates_args=())
-def _region_conv2d_backward_op(
+def _region_conv2d_backward(
     grad_out: torch.Tensor,
     out: torch.Tensor,
     x: torch.Tensor,
@@ -287,6 +286,10 @@ def _region_conv2d_backward_op(
     return grad_x, grad_w, grad_bias, grad_residual
 
 
+_region_conv2d_backward_op = torch.library.custom_op("sparsecascade::region_conv2d_backward",
+                                                     mutates_args=())(_region_conv2d_backward)
+
+
 @_region_conv2d_backward_op.register_fake
 def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding, dilation, res_scale, relu,
       has_bias, has_residual, needs_input_grad, needs_weight_grad, backend, dense_fallback):
@@ -309,7 +312,10 @@ def _backward(ctx, grad_out):
     x, weight, mask, idx, tap_rows, tap_padding, scale, out = ctx.saved_tensors
     padding, dilation, res_scale, relu, has_bias, has_residual, backend, dense_fallback = ctx.options
     needs = ctx.needs_input_grad
-    grad_x, grad_w, grad_b, grad_r = _region_conv2d_backward_op(
+    # Eager, first-order: the function itself. The op (what torch.compile traces, and what a double
+    # backward meets: no derivative of its own) costs its dispatch, more than a small layer's kernels.
+    eager = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+    grad_x, grad_w, grad_b, grad_r = (_region_conv2d_backward if eager else _region_conv2d_backward_op)(
         grad_out, out if out is not None else grad_out, x, weight, mask, idx, tap_rows, tap_padding, scale,
         padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend, dense_fallback,
     )
@@ -324,6 +330,22 @@ def _backward(ctx, grad_out):
 
 
 _region_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _RegionConv2dFunction(torch.autograd.Function):
+    """The op's forward and backward for eager training, without the custom op's dispatch (its
+    argument binding and alias checks cost about as much as a small layer's kernels, per call and
+    per layer). torch.compile traces the registered op instead (``run_region_conv``)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        out = _region_conv2d_forward(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _backward(ctx, grad_out)
 
 
 def region_conv2d(
@@ -389,4 +411,6 @@ def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex
         # Inference in eager mode: no autograd to record and no graph to trace, so the op's
         # dispatch (tens of microseconds, more than a small layer's arithmetic) is skipped.
         return _region_conv2d_forward(*args)
+    if index is not None and not torch.compiler.is_compiling():
+        return _RegionConv2dFunction.apply(*args)  # eager training: autograd without the op's dispatch
     return _region_conv2d_op(*args)

@@ -157,3 +157,43 @@ def test_output_is_channels_last_and_input_untouched(backend):
     out = sc.region_conv2d(x, torch.randn(4, 3, 3, 3), None, torch.rand(2, 5, 5) < 0.5, 1, backend=backend, residual=r)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(x, x_copy) and torch.equal(r, r_copy)
+
+
+def _ops_dispatched(fn) -> set:
+    """The names of the ops that reach the dispatcher's Python mode while ``fn`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seen: set = set()
+    with Record():
+        fn()
+    return seen
+
+
+def test_eager_training_skips_the_ops_dispatch_and_the_registered_op_keeps_its_gradients(monkeypatch):
+    """Eager training runs region_conv2d as an autograd.Function over the op's functions (the custom
+    op's dispatch costs about what a small layer's kernels do); torch.compile traces the registered
+    op, so its autograd formula must still give the dense gradients."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
+    r = torch.randn(2, 4, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    scale = torch.rand(4, dtype=torch.float64, generator=gen) + 0.5
+    mask = make_mask("clustered", 2, 6, 7, gen)
+
+    def conv(x, w, b, r):
+        return sc.region_conv2d(x, w, b, mask, padding=1, backend="torch", scale=scale, residual=r,
+                                res_scale=0.5, relu=True)
+
+    def step():
+        conv(x, w, b, r).sum().backward()
+
+    assert not any("sparsecascade" in name for name in _ops_dispatched(step))
+    monkeypatch.setattr(region_conv_module._RegionConv2dFunction, "apply", region_conv_module._region_conv2d_op)
+    assert "sparsecascade.region_conv2d.default" in _ops_dispatched(step)  # the op path, as compile meets it
+    assert torch.autograd.gradcheck(conv, (x, w, b, r))

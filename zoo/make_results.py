@@ -152,8 +152,10 @@ class Experiment:
         return self._file(run, f"eval_head{k}.json")
 
     # -- the default rho ----------------------------------------------------------------------
-    def default(self) -> tuple[Optional[dict], str]:
-        """(the evaluation at the default rho, how it was chosen)."""
+    def default(self, published: bool = True) -> tuple[Optional[dict], str]:
+        """(the evaluation at the default rho, how it was chosen). ``published``: where the package was
+        published at another rho than the rule picks now, that rho (what users get); False: the rule's
+        pick alone (what the next publish ships)."""
         rule = self.spec.get("default", {})
         if self.sweep_run and not self.sweep and not self.calibrations:
             return None, f"no rho sweep yet: `{self.sweep_run}` {self.missing(self.sweep_run)}"
@@ -164,7 +166,7 @@ class Experiment:
             rho, why = pick_rho(self.sweep, rule["min_speedup"])
             if rho is None:
                 return None, why
-            if self.shipped is not None and abs(self.shipped["rho"] - rho) > 1e-9:
+            if published and self.shipped is not None and abs(self.shipped["rho"] - rho) > 1e-9:
                 shipped = row_at(self.sweep, self.shipped["rho"], exact=True)
                 return shipped, (f"the shipped rho (the rule, {why}, picks {rho:g}: "
                                  "the package was published with another RHO)")
@@ -714,7 +716,7 @@ def main(argv=None) -> int:
         print(f"wrote {record_environment(x)}")
         return 0
     if args.print_default_rho:
-        default, why = x.default()
+        default, why = x.default(published=False)  # for the publish to come, not the last one
         if default is None:
             print(f"{x.name}: no default rho ({why}); run `{x.experiment} eval` first", file=sys.stderr)
             return 1

@@ -31,6 +31,16 @@ def test_kernel_benchmark_writes_ratios(tmp_path):
         assert all(r[f"{p}_ms"] > 0 for p in ("dense", "region", "region_gather"))
 
 
+def test_overhead_benchmark_times_inference_and_training_calls_against_their_own_baseline():
+    rows = {r["call"]: r for r in kernels.bench_overhead(reps=3)}
+    assert set(rows) == {"F.conv2d", "region_conv2d", "conv+BN+ReLU (nn)", "conv+BN+ReLU (region)",
+                         "F.conv2d, fwd+bwd", "region_conv2d, fwd+bwd"}
+    assert rows["F.conv2d"]["vs_conv2d"] == rows["F.conv2d, fwd+bwd"]["vs_conv2d"] == 1.0
+    fwd, train = rows["region_conv2d"], rows["region_conv2d, fwd+bwd"]
+    assert fwd["vs_conv2d"] == round(fwd["median_us"] / rows["F.conv2d"]["median_us"], 2)
+    assert train["vs_conv2d"] == round(train["median_us"] / rows["F.conv2d, fwd+bwd"]["median_us"], 2)
+
+
 def test_cascade_benchmark_imposes_the_paper_stop_shares(tmp_path):
     out = tmp_path / "c.json"
     cascade.main(["--models", "lc_resnet18", "--size", "64", "--reps", "1", "--out", str(out)])

@@ -79,7 +79,8 @@ def bench_kernels(shapes=SHAPES, fractions=FRACTIONS, batches=(1, 4), size=64, d
 def bench_overhead(reps: int = 300) -> list:
     """Per-call cost on a tiny layer (3x3 16->16, 16x16 map, half active), where fixed work dominates:
     ``F.conv2d``; ``region_conv2d`` on a stage's ``RegionIndex``; a converted conv + frozen BN + ReLU
-    inside ``active_region``, against the same unconverted Sequential. Median microseconds."""
+    inside ``active_region``, against the same unconverted Sequential; and, for training, forward and
+    backward (through autograd) of ``region_conv2d`` against ``F.conv2d``'s. Median microseconds."""
     import torch.nn as nn
 
     from ..nn import active_region, convert_to_region, freeze_batchnorm
@@ -100,11 +101,21 @@ def bench_overhead(reps: int = 300) -> list:
            "conv+BN+ReLU (nn)": lambda: block(x), "conv+BN+ReLU (region)": region_layer}
     with torch.no_grad():
         times = measure_all_ms(fns, reps=reps, warmup=20)
+    xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    grad_out = torch.randn(1, 16, 16, 16, generator=gen)
+
+    def training(conv):
+        return lambda: torch.autograd.grad(conv(xg, wg), (xg, wg), grad_out)
+
+    times.update(measure_all_ms({
+        "F.conv2d, fwd+bwd": training(lambda a, b: F.conv2d(a, b, padding=1)),
+        "region_conv2d, fwd+bwd": training(lambda a, b: region_conv2d(a, b, None, index, 1))}, reps=reps, warmup=20))
     median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
     rows = []
     for name, us in median.items():
-        rows.append(dict(call=name, median_us=round(us, 1), vs_conv2d=round(us / median["F.conv2d"], 2)))
-        print(f"{name:>22}: {us:7.1f} us ({rows[-1]['vs_conv2d']:.2f}x F.conv2d)", flush=True)
+        base = "F.conv2d, fwd+bwd" if name.endswith("fwd+bwd") else "F.conv2d"
+        rows.append(dict(call=name, median_us=round(us, 1), vs_conv2d=round(us / median[base], 2)))
+        print(f"{name:>22}: {us:7.1f} us ({rows[-1]['vs_conv2d']:.2f}x {base})", flush=True)
     return rows
 
 

@@ -82,14 +82,19 @@ def test_backward_matches_dense(backend, data):
         torch.testing.assert_close(got[name].double(), want[name].double(), rtol=rtol, atol=atol, msg=name)
 
 
-def test_gradcheck_float64_torch_path():
-    gen = torch.Generator().manual_seed(3)
+def _float64_case(seed: int):
+    """(x, weight, bias, residual) leaves in float64, a BN scale and a clustered mask: gradcheck sizes."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
     r = torch.randn(2, 4, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
     scale = torch.rand(4, dtype=torch.float64, generator=gen) + 0.5
-    mask = make_mask("clustered", 2, 6, 7, gen)
+    return (x, w, b, r), scale, make_mask("clustered", 2, 6, 7, gen)
+
+
+def test_gradcheck_float64_torch_path():
+    (x, w, b, r), scale, mask = _float64_case(3)
     for backend in ("torch", "auto"):
         assert torch.autograd.gradcheck(
             lambda x, w, b, r: sc.region_conv2d(x, w, b, mask, padding=(1, 2), dilation=(1, 2), backend=backend,
@@ -178,13 +183,7 @@ def test_eager_training_skips_the_ops_dispatch_and_the_registered_op_keeps_its_g
     """Eager training runs region_conv2d as an autograd.Function over the op's functions (the custom
     op's dispatch costs about what a small layer's kernels do); torch.compile traces the registered
     op, so its autograd formula must still give the dense gradients."""
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
-    r = torch.randn(2, 4, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
-    scale = torch.rand(4, dtype=torch.float64, generator=gen) + 0.5
-    mask = make_mask("clustered", 2, 6, 7, gen)
+    (x, w, b, r), scale, mask = _float64_case(5)
 
     def conv(x, w, b, r):
         return sc.region_conv2d(x, w, b, mask, padding=1, backend="torch", scale=scale, residual=r,

@@ -95,8 +95,7 @@ class Experiment:
         # the runs the shipped run continues (their weights initialised it), oldest first
         self.earlier = [tuple(r) for r in (self.long or {}).get("continues", [])]
         self.chain = [r for r, _ in self.earlier] + ([self.long["run"]] if self.long else [])  # the shipped run's parts
-        names = [r for r, _ in self.table2] + [r for r, _ in self.earlier] + ([self.long["run"]] if self.long else [])
-        self.runs = list(dict.fromkeys(names))
+        self.runs = list(dict.fromkeys([r for r, _ in self.table2] + self.chain))
         self.configs = {r: self._file(r, "config.json") for r in self.runs}
         self.logs = {r: read_log(self.results / r / "log.jsonl") if (self.results / r / "log.jsonl").is_file() else None
                      for r in self.runs}

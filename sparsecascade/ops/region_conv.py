@@ -406,11 +406,10 @@ def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex
     args = (input, weight, bias, region if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
             residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
             float(res_scale), bool(relu), kernel_backend, dense_fallback)
-    if index is not None and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, weight, bias, residual))):
-        # Inference in eager mode: no autograd to record and no graph to trace, so the op's
-        # dispatch (tens of microseconds, more than a small layer's arithmetic) is skipped.
-        return _region_conv2d_forward(*args)
-    if index is not None and not torch.compiler.is_compiling():
-        return _RegionConv2dFunction.apply(*args)  # eager training: autograd without the op's dispatch
-    return _region_conv2d_op(*args)
+    if index is None or torch.compiler.is_compiling():
+        return _region_conv2d_op(*args)  # what torch.compile traces
+    # Eager mode skips the op's dispatch (tens of microseconds, more than a small layer's arithmetic):
+    # inference calls the forward itself, training goes through an autograd.Function over it.
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias, residual)):
+        return _RegionConv2dFunction.apply(*args)
+    return _region_conv2d_forward(*args)

@@ -114,3 +114,21 @@ def test_model_card_tables_are_what_the_result_files_say(experiment):
     card = make_results.card_text(make_results.Experiment(REPO / "zoo" / experiment))
     if card is not None:  # a card with a generated block
         assert card == (REPO / "zoo" / experiment / "README.md").read_text()
+
+
+def test_results_md_says_how_well_the_shipped_run_fits_its_training_images():
+    """The fit sentence of results.md quotes the training-split evaluation file of the run that ships
+    (not val's numbers, not another run's), at the rho it was evaluated at."""
+    folder = REPO / "zoo" / "lc-vgg16-camvid"
+    run = json.loads((folder / "results_spec.json").read_text())["long_run"]["run"]
+    fit_file = folder / "results" / run / "train_split" / "eval.json"
+    if not fit_file.is_file():
+        pytest.skip(f"{fit_file} not written yet (experiment.sh eval writes it)")
+    fit = json.loads(fit_file.read_text())
+    lines = [line for line in (folder / "results.md").read_text().splitlines()
+             if line.startswith("Does it fit its training images?")]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert f"--checkpoint runs/camvid_vgg16/{run}/last.pt" in line and "--split train" in line
+    assert f"the {fit['num_images']} training images" in line
+    assert f"mIoU {100 * fit['miou']:.1f}% and pixel accuracy {100 * fit['pixel_accuracy']:.1f}% at rho = {fit['rho']:g}" in line

@@ -618,6 +618,13 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
                "weights of the one before, with a fresh schedule)") if x.earlier else ""
         md += ["", f"Its budget: {steps} steps of batch {cfg['batch_size']}{how}: {images} images, "
                f"{images / x.spec.get('train_images', 367):.1f} epochs."]
+    fit = x._file(run, "train_split", "eval.json")  # the same evaluation on the images it trained on
+    if fit is not None and default is not None:
+        command = eval_command(x, run, f" --split train --rho {fit['rho']:g}", f"{x.rel}/results/{run}/train_split")
+        md += ["", f"Does it fit its training images? `{command}` "
+               f"(the {fit['num_images']} training images, evaluated as val is: whole, resized, no augmentation): "
+               f"mIoU {pct(fit['miou'])}% and pixel accuracy {pct(fit['pixel_accuracy'])}% at rho = {fit['rho']:g}, "
+               f"against {pct(default['miou'])}% and {pct(default['pixel_accuracy'])}% on val at rho = {default['rho']:g}."]
     return md
 
 

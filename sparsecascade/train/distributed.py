@@ -63,7 +63,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False  # this run initialised the process group (and destroys it at the end)
+    owns_group: bool = False  # this run initialised the process group (and destroys it when the run ends well)
 
     @property
     def is_main(self) -> bool:

@@ -60,11 +60,14 @@ def train(cfg: TrainConfig, *, model: Optional[LayerCascade] = None, train_data:
     if resume and overwrite:
         raise ValueError("resume, overwrite: pass one of them (continue the run, or start it again), not both")
     ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, ctx, model, train_data, resume, overwrite, stop_after)
-    finally:
-        if ctx.owns_group:
-            dist.destroy_process_group()
+    result = _train(cfg, ctx, model, train_data, resume, overwrite, stop_after)
+    # Only after a run that ended well: after an error (a diverged run raises on every process at
+    # once) destroying the group can deadlock against a process that is still tearing down or gone
+    # (seen here: a 2-process diverging run hung once in a full test run; torchtitan#1342 made the
+    # same change); the process exits and its sockets close with it.
+    if ctx.owns_group:
+        dist.destroy_process_group()
+    return result
 
 
 def _train(cfg, ctx, model, train_data, resume, overwrite, stop_after) -> TrainResult:

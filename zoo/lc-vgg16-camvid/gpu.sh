@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # lc-vgg16-camvid on a lent GPU (the `device` tool): one call of under 9 minutes trains the shipped
 # model further on CamVid train, as many steps as a time budget allows, and brings the weights back.
-# The CPU runs of experiment.sh saw 13600 training images in ~10 hours; an H100 sees that many in
-# minutes, and the shipped model is underfit (results.md: its mIoU on training images is no higher
+# The CPU runs of experiment.sh saw 13600 training images in ~10 hours; an H100 should see that many
+# in minutes (unmeasured: the training loop has not run on a GPU yet), and the shipped model is underfit (results.md: its mIoU on training images is no higher
 # than on val). Run from the repository root.
 #
 #   bash zoo/lc-vgg16-camvid/gpu.sh pack      # here: CamVid train -> .camvid_pack/ (~9 MB: WebP q75

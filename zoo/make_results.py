@@ -150,6 +150,10 @@ class Experiment:
     def head(self, run: str, k: int):
         return self._file(run, f"eval_head{k}.json")
 
+    def train_split(self, run: str):
+        """The run evaluated on its training images (``experiment.sh eval``: ``--split train``), or None."""
+        return self._file(run, "train_split", "eval.json")
+
     # -- the default rho ----------------------------------------------------------------------
     def default(self, published: bool = True) -> tuple[Optional[dict], str]:
         """(the evaluation at the default rho, how it was chosen). ``published``: where the package was
@@ -618,7 +622,7 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
                "weights of the one before, with a fresh schedule)") if x.earlier else ""
         md += ["", f"Its budget: {steps} steps of batch {cfg['batch_size']}{how}: {images} images, "
                f"{images / x.spec.get('train_images', 367):.1f} epochs."]
-    fit = x._file(run, "train_split", "eval.json")  # the same evaluation on the images it trained on
+    fit = x.train_split(run)  # the same evaluation on the images it trained on
     if fit is not None and default is not None:
         command = eval_command(x, run, f" --split train --rho {fit['rho']:g}", f"{x.rel}/results/{run}/train_split")
         md += ["", f"Does it fit its training images? `{command}` "

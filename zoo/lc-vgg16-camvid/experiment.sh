@@ -94,7 +94,7 @@ case "${1:-}" in
         if finished $SHIPPED; then                                            # the shipped run
             evaluate $SHIPPED --rhos "$RHOS"                                  # Tables 1 and 3, the default rho
             for k in 1 2; do evaluate $SHIPPED --head $k; done                # each head alone (3: rho = 1)
-            rho=$(python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho)
+            rho=${RHO:-$(python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho)}   # as publish
             evaluate $SHIPPED --split train --rho "$rho" --out "$RESULTS/$SHIPPED/train_split"   # underfit?
         fi
         if finished dsn; then for k in 1 2; do evaluate dsn --head $k; done; fi ;;

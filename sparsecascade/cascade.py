@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .ops import Backend, RegionIndex, check_backend, confidence_threshold, resample_mask
 from .inputs import check_image_batch
+from .rho import Rho, check_rho
 from .nn import active_region, check_region_convertible, convert_to_region, freeze_batchnorm, mark_dense_modules
 
 
@@ -68,8 +69,10 @@ class LayerCascade(nn.Module):
     ``heads[k]`` maps stage k's features to class logits; when ``heads`` is None, the default head
     (3x3 conv + ReLU + 1x1 conv) is built for each stage from ``stage_channels`` and ``num_classes``.
     ``rho`` (settable) is the confidence at which a pixel stops; ``rho >= 1`` stops nothing before the
-    last stage (the deeply supervised network). Stages and heads are converted in place by
-    ``convert_to_region``: called directly they still compute densely. A layer that cannot run
+    last stage (the deeply supervised network). A sequence, one value per stage but the last, sets each
+    stage's threshold apart (``(0.9, 0.5)``: confidence 0.9 stops a pixel at stage 1, 0.5 at stage 2);
+    ``model.rho`` then returns that tuple and ``stage_rho(k)`` stage k's value. Stages and heads are
+    converted in place by ``convert_to_region``: called directly they still compute densely. A layer that cannot run
     exactly on a region is refused here, naming its path (``stages.1.0.norm``); ``dense_modules``
     (module types, or such paths) runs those densely with their output masked instead.
 
@@ -86,7 +89,7 @@ class LayerCascade(nn.Module):
         self,
         stages: Sequence[nn.Module],
         heads: Optional[Sequence[nn.Module]] = None,
-        rho: float = 0.985,
+        rho: Rho = 0.985,
         *,
         num_classes: Optional[int] = None,
         stage_channels: Optional[Sequence[int]] = None,
@@ -122,14 +125,18 @@ class LayerCascade(nn.Module):
 
     # -- configuration ---------------------------------------------------------------------------
     @property
-    def rho(self) -> float:
+    def rho(self) -> Rho:
         return self._rho
 
     @rho.setter
-    def rho(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"rho: expected a number in [0, 1], got {value!r}")
-        self._rho = float(value)
+    def rho(self, value: Rho) -> None:
+        self._rho = check_rho(value, self.num_stages)
+
+    def stage_rho(self, k: int) -> float:
+        """The threshold of stage ``k`` (0-based); the last stage stops every pixel still active."""
+        if not 0 <= k < self.num_stages - 1:
+            raise ValueError(f"k: expected a stage that can stop pixels, in [0, {self.num_stages - 2}], got {k!r}")
+        return self._rho[k] if isinstance(self._rho, tuple) else self._rho
 
     def set_backend(self, backend: Backend) -> "LayerCascade":
         """"auto" | "torch" | "triton" for the region kernels; "dense" computes every layer densely and
@@ -150,10 +157,11 @@ class LayerCascade(nn.Module):
         if self.stop_rule is not None:
             stop = self.stop_rule(logits, active, k) & active
             return stop, RegionIndex(active & ~stop)
-        if self._rho >= 1.0:
+        rho = self.stage_rho(k)
+        if rho >= 1.0:
             return torch.zeros_like(active), RegionIndex(active)
         backend = "torch" if self.backend == "dense" else self.backend
-        r = confidence_threshold(logits, self._rho, active, backend=backend)
+        r = confidence_threshold(logits, rho, active, backend=backend)
         return r.stop, RegionIndex(r.next_active, rows=r.next_index)
 
     def _stage(self, k: int, features: torch.Tensor) -> torch.Tensor:
@@ -176,14 +184,14 @@ class LayerCascade(nn.Module):
 
     def _run(self, x: torch.Tensor, stage_one: Optional[torch.Tensor] = None):
         """Run the cascade; returns per-stage (logits, region, stop) with None for skipped stages (and,
-        in eval at rho >= 1, for heads 1..K-1, which could stop nothing), the executed MACs, per stage
+        in eval, for heads 1..K-1 whose rho >= 1: they could stop nothing), the executed MACs, per stage
         the dense MACs of its stage and its head (None where something was skipped), and stage 1's
         map size. ``stage_one``: stage 1's output if the caller ran it (on every pixel)."""
         features = x
         index = None  # the active set: None is every pixel (stage 1, or nothing stopped yet)
         macs = 0
         results, dense_macs = [], []
-        heads_decide = self.training or self._rho < 1.0 or self.stop_rule is not None
+        every_head = self.training or self.stop_rule is not None  # training: every head has a loss
         first_size = None
         for k in range(self.num_stages):
             last = k == self.num_stages - 1
@@ -207,7 +215,7 @@ class LayerCascade(nn.Module):
                 index = index.at(tuple(features.shape[-2:]))
             if k == 0 and stage_one is not None:
                 macs += stage_macs
-            if not (last or heads_decide):  # rho >= 1: the head's logits would decide no pixel
+            if not (last or every_head or self.stage_rho(k) < 1.0):  # the head's logits would decide no pixel
                 results.append(None)
                 dense_macs.append(None)
                 continue

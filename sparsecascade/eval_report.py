@@ -10,12 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .rho import Rho, format_rho
+
 __all__ = ["EvalResult", "format_table", "save_sweep", "plot_sweep"]
 
 
 @dataclass
 class EvalResult:
-    rho: float
+    rho: Rho  # a number, or one per stage but the last (a tuple; a list in JSON)
     miou: float
     pixel_accuracy: float
     iou: list  # per class; NaN for a class absent from labels and predictions
@@ -41,14 +43,14 @@ class EvalResult:
 
     def row(self) -> dict:
         """The rho-sweep table's row."""
-        r = dict(rho=self.rho, miou=self.miou, pixel_accuracy=self.pixel_accuracy,
+        r = dict(rho=self.rho if isinstance(self.rho, float) else format_rho(self.rho), miou=self.miou, pixel_accuracy=self.pixel_accuracy,
                  ms_per_image=self.ms_per_image, mac_ratio=self.mac_ratio)
         r.update({f"stop_{k + 1}": f for k, f in enumerate(self.stop_fractions)})
         return r
 
     def report(self) -> str:
         """A human-readable summary with the per-class table."""
-        lines = [f"rho {self.rho:g}: mIoU {100 * self.miou:.2f}  pixel acc {100 * self.pixel_accuracy:.2f}  "
+        lines = [f"rho {format_rho(self.rho)}: mIoU {100 * self.miou:.2f}  pixel acc {100 * self.pixel_accuracy:.2f}  "
                  f"{self.ms_per_image:.1f} ms/image  MACs {100 * self.mac_ratio:.1f}% of dense  "
                  f"({self.num_images} images)",
                  "stopped per stage: " + "  ".join(f"{100 * f:.1f}%" for f in self.stop_fractions),
@@ -64,9 +66,13 @@ class EvalResult:
 def format_table(results: Sequence[EvalResult]) -> str:
     k = len(results[0].stop_fractions)
     head = f"{'rho':>7} {'mIoU':>7} {'ms/img':>8} {'MACs':>7} " + " ".join(f"{'stop' + str(i + 1):>6}" for i in range(k))
-    rows = [f"{r.rho:7.3f} {100 * r.miou:7.2f} {r.ms_per_image:8.2f} {100 * r.mac_ratio:6.1f}% "
+    rows = [_rho_cell(r.rho) + f" {100 * r.miou:7.2f} {r.ms_per_image:8.2f} {100 * r.mac_ratio:6.1f}% "
             + " ".join(f"{100 * f:5.1f}%" for f in r.stop_fractions) for r in results]
     return "\n".join([head] + rows)
+
+
+def _rho_cell(rho: Rho) -> str:
+    return f"{rho:7.3f}" if isinstance(rho, float) else f"{format_rho(rho):>7}"
 
 
 def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
@@ -87,7 +93,8 @@ def save_sweep(results: Sequence[EvalResult], out_dir) -> dict[str, Path]:
 
 
 def plot_sweep(results: Sequence[EvalResult], path) -> bool:
-    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7.
+    """mIoU (left axis) and ms per image (right axis) against rho, as the paper's Figure 7 (the results at
+    one rho for every stage: a per-stage rho has no place on that axis and is left out of the plot).
 
     matplotlib is optional (``pip install 'sparsecascade[plot]'``): without it nothing is drawn, a
     one-line warning says so, and the result is False."""
@@ -104,6 +111,7 @@ def plot_sweep(results: Sequence[EvalResult], path) -> bool:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if isinstance(r.rho, float)]
     rhos = [r.rho for r in results]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(rhos, [100 * r.miou for r in results], "o-", color="tab:blue", label="mIoU")

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .cascade import LayerCascade
 from .eval_report import EvalResult, format_table, plot_sweep, save_sweep  # noqa: F401  (also named here)
 from .metrics import ConfusionMatrix, StageDistribution
+from .rho import Rho, check_rho, format_rho
 
 DEFAULT_RHOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.985, 0.995, 1.0)
 BUDGET_KINDS = ("macs", "ms")
@@ -41,7 +42,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=None,
+def evaluate(model: LayerCascade, data, *, rho: Optional[Rho] = None, device=None,
              class_names: Optional[Sequence[str]] = None, ignore_index: int = 255,
              max_images: Optional[int] = None, batch_size: int = 1, workers: int = 0,
              progress: bool = False, head: Optional[int] = None) -> EvalResult:
@@ -72,7 +73,7 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[float] = None, device=N
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"eval rho={model.rho:g}", dynamic_ncols=True)
+            batches = tqdm(batches, desc=f"eval rho={format_rho(model.rho)}", dynamic_ncols=True)
         for x, target in batches:
             if max_images is not None and images >= max_images:
                 break
@@ -114,13 +115,16 @@ def _stop_every_pixel_at(stage: int):
     return stop_rule
 
 
-def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, out_dir=None,
+def rho_sweep(model: LayerCascade, data, rhos: Sequence[Rho] = DEFAULT_RHOS, out_dir=None,
               **eval_kwargs) -> list[EvalResult]:
     """``evaluate`` at each rho; with ``out_dir``, writes ``rho_sweep.csv``, ``rho_sweep.json`` (every
-    result, per class included) and ``rho_sweep.png`` (mIoU and ms/image against rho)."""
-    if not rhos:
-        raise ValueError("rhos: expected at least one value")
-    results = [evaluate(model, data, rho=float(r), **eval_kwargs) for r in sorted(rhos)]
+    result, per class included) and ``rho_sweep.png`` (mIoU and ms/image against rho). A candidate may
+    be per stage (``(0.9, 0.5)``): the numbers come first, ascending, then the per-stage ones in order."""
+    if isinstance(rhos, (str, bytes)) or not hasattr(rhos, "__iter__") or len(list(rhos)) == 0:
+        raise ValueError(f"rhos: expected a non-empty sequence of rho values, got {rhos!r}")
+    checked = [check_rho(r, model.num_stages, name="rhos") for r in list(rhos)]
+    checked = sorted(r for r in checked if isinstance(r, float)) + [r for r in checked if isinstance(r, tuple)]
+    results = [evaluate(model, data, rho=r, **eval_kwargs) for r in checked]
     if out_dir is not None:
         save_sweep(results, out_dir)
     return results
@@ -128,15 +132,15 @@ def rho_sweep(model: LayerCascade, data, rhos: Sequence[float] = DEFAULT_RHOS, o
 
 @dataclass
 class Calibration:
-    rho: float  # the chosen threshold (set it with ``model.rho = calibration.rho``)
+    rho: Rho  # the chosen threshold (set it with ``model.rho = calibration.rho``)
     result: EvalResult  # its evaluation
-    curve: list  # EvalResult per candidate rho, ascending
+    curve: list  # EvalResult per candidate rho, in rho_sweep's order
     budget: float
     budget_kind: str
 
 
 def calibrate_rho(model: LayerCascade, val_data, budget: float, budget_kind: str = "macs",
-                  rhos: Sequence[float] = DEFAULT_RHOS, **eval_kwargs) -> Calibration:
+                  rhos: Sequence[Rho] = DEFAULT_RHOS, **eval_kwargs) -> Calibration:
     """The rho with the best validation mIoU whose measured cost fits ``budget``.
 
     ``budget_kind="macs"``: the executed share of the dense network's MACs (e.g. 0.6);
@@ -151,7 +155,7 @@ def calibrate_rho(model: LayerCascade, val_data, budget: float, budget_kind: str
     fitting = [r for r in curve if r.cost(budget_kind) <= budget]
     if not fitting:
         cheapest = min(curve, key=lambda r: r.cost(budget_kind))
-        raise ValueError(f"budget: no rho in {sorted(rhos)} fits {budget_kind} <= {budget}; the cheapest, "
-                         f"rho={cheapest.rho:g}, costs {cheapest.cost(budget_kind):.4g}")
+        raise ValueError(f"budget: no rho in [{', '.join(format_rho(r.rho) for r in curve)}] fits {budget_kind} <= {budget}; "
+                         f"the cheapest, rho={format_rho(cheapest.rho)}, costs {cheapest.cost(budget_kind):.4g}")
     best = max(fitting, key=lambda r: (r.miou, -r.cost(budget_kind)))
     return Calibration(best.rho, best, curve, float(budget), budget_kind)

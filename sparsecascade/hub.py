@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 
 from .cascade import LayerCascade
+from .rho import Rho, check_rho
 from .factory import UNKNOWN_ARGUMENT, create_model, is_registered_cascade, list_models, set_pretrained_loader
 from .pretrained import with_pretrained_api
 from .save import (CARD_NAME, CHECKSUM_KEY, CONFIG_KEYS, CONFIG_NAME, DATASET_NAMES, DEFAULT_LICENSE,  # noqa: F401
@@ -123,7 +124,7 @@ def _build(config: dict, config_path: Path, model_kwargs: Optional[dict] = None)
                          f"(from_pretrained passes extra keyword arguments to create_model({name!r}, ...))") from None
 
 
-def load_folder(folder: Path, rho: Optional[float] = None, device=None, *, strict: bool = True,
+def load_folder(folder: Path, rho: Optional[Rho] = None, device=None, *, strict: bool = True,
                 model_kwargs: Optional[dict] = None, hf_hub_id: Optional[str] = None) -> LayerCascade:
     """Build the model of ``folder/config.json`` and load ``folder/model.safetensors`` into it (strictly by default)."""
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -175,13 +176,13 @@ def _hub_folder(repo_id: str, revision: Optional[str], cache_dir, local_files_on
     return folder
 
 
-def from_pretrained(name_or_path: Union[str, os.PathLike], *, rho: Optional[float] = None,
+def from_pretrained(name_or_path: Union[str, os.PathLike], *, rho: Optional[Rho] = None,
                     revision: Optional[str] = None, cache_dir=None, local_files_only: bool = False,
                     force_download: bool = False, token: Union[str, bool, None] = None, map_location=None,
                     device=None, strict: bool = True, **model_kwargs) -> LayerCascade:
     """Load an LC model in eval mode from a local folder, a zoo name or a Hub repo id.
 
-    ``rho`` overrides the stored default; ``map_location`` (or its alias ``device``) moves the model
+    ``rho`` overrides the stored default (a number, or one per stage but the last); ``map_location`` (or its alias ``device``) moves the model
     (default: the CPU); ``revision``, ``cache_dir``, ``local_files_only``, ``force_download`` and
     ``token`` go to the Hub download (``huggingface_hub.snapshot_download``). A zoo name loads the
     weights shipped with the package, verified by their checksum, unless ``force_download`` or a
@@ -192,7 +193,7 @@ def from_pretrained(name_or_path: Union[str, os.PathLike], *, rho: Optional[floa
     ``model.pretrained_cfg`` tells the loaded model's preprocessing and classes.
     """
     if rho is not None:
-        _check_rho(rho)
+        check_rho(rho)  # before any download; its length is checked against the model it builds
     for arg, value in (("local_files_only", local_files_only), ("force_download", force_download), ("strict", strict)):
         if not isinstance(value, bool):
             raise ValueError(f"{arg}: expected True or False, got {value!r}")
@@ -232,11 +233,6 @@ def from_pretrained(name_or_path: Union[str, os.PathLike], *, rho: Optional[floa
 
 
 set_pretrained_loader(from_pretrained)  # create_model(<zoo name>, pretrained=True) loads through it
-
-
-def _check_rho(rho) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho: expected a number in [0, 1], got {rho!r}")
 
 
 def _device_arg(map_location, device) -> Optional[torch.device]:

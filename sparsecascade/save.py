@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._atomic import atomic_write, atomic_write_text
+from .rho import format_rho
 
 __all__ = ["save_pretrained", "push_to_hub", "model_card", "model_config", "file_sha256", "check_finite"]
 
@@ -49,7 +50,7 @@ def model_config(model: nn.Module) -> dict:
     except TypeError as e:
         raise ValueError(f"model.config: save_pretrained writes it as JSON, but it holds a value JSON cannot "
                          f"hold ({e}); build the model with numbers, strings, lists and dicts as arguments") from None
-    return {**config, "rho": model.rho}
+    return {**config, "rho": model.rho}  # a per-stage rho (a tuple) is written as a JSON list
 
 
 def file_sha256(path: Path) -> str:
@@ -105,7 +106,7 @@ def model_card(config: dict, results: Optional[dict] = None) -> str:
     lines = [
         "---", data.to_yaml(), "---", "", f"# {name}", "",
         f"Deep Layer Cascade (Li et al., CVPR 2017) on `{config['architecture']}`: "
-        f"{config['num_classes']} classes, default rho = {config['rho']}.", "",
+        f"{config['num_classes']} classes, default rho = {format_rho(config['rho'])}.", "",
         "```python", "import sparsecascade", f"model = sparsecascade.from_pretrained({source!r})",
         "result = model.segment(\"image.png\")", "```", "",
     ]
@@ -135,7 +136,7 @@ def _eval_results(name: str, config: dict, results: dict) -> list:
     dataset = config.get("dataset")
     if not dataset:
         return []
-    args = {"rho": results["rho"]} if isinstance(results.get("rho"), (int, float)) else None
+    args = {"rho": results["rho"]} if isinstance(results.get("rho"), (int, float, list, tuple)) else None
     return [EvalResult(task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset,
                        dataset_name=DATASET_NAMES.get(dataset, dataset), dataset_split=results.get("split"),
                        metric_type=metric, metric_name=metric_name, metric_value=results[key], metric_args=args)
@@ -152,6 +153,8 @@ def _card_value(key: str, value) -> str:
         return " / ".join(f"{100 * v:.1f}%" for v in value) + " (stages 1 / 2 / ...)"
     if key == "ms_per_image" and isinstance(value, float):
         return f"{value:.1f}"
+    if key == "rho" and isinstance(value, (list, tuple)):
+        return format_rho(value)
     return str(value)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .rho import check_rho
+
 LONGEST_EDGE_RATIO = 4  # default cap of the longer side, in units of the shorter one (config "longest_edge")
 DEFAULT_BATCH_SIZE = 8  # images of one size that segment() runs through the model together
 STAGE_COLORS = np.array([[0, 0, 0], [46, 204, 113], [241, 196, 15], [231, 76, 60], [52, 152, 219],
@@ -185,12 +187,12 @@ def segment(model, image, rho=None, *, batch_size: int = DEFAULT_BATCH_SIZE):
     A list is read first (a bad image raises before anything runs), then images of one size run
     through the model together, ``batch_size`` at a time; each result is the image's own (its stop
     fractions are its pixels' shares; ``ms`` is the batch's forward time per image). ``rho``
-    overrides the model's threshold for this call. See the module docstring.
+    overrides the model's threshold for this call (a number, or one per stage but the last). See the module docstring.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0):
-        raise ValueError(f"rho: expected a number in [0, 1], got {rho!r}")
+    if rho is not None:
+        check_rho(rho, getattr(model, "num_stages", None))
     single = not isinstance(image, (list, tuple))
     rgbs = [load_image(im) for im in ([image] if single else image)]
     results: list = [None] * len(rgbs)

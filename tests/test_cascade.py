@@ -121,7 +121,8 @@ def head_reference(head, x, m):
 
 
 def reference_cascade(model, x, rho):
-    """DESIGN.md section 1 written out: returns (logits at stage-1 resolution, stage map)."""
+    """DESIGN.md section 1 written out (``rho`` a number, or a tuple with stage k's threshold at k):
+    returns (logits at stage-1 resolution, stage map)."""
     feats, active = x, None
     final, stage_map = None, None
     for k, (stage, head) in enumerate(zip(model.stages, model.heads)):
@@ -137,7 +138,8 @@ def reference_cascade(model, x, rho):
         logits = head_reference(head, feats, m)
         conf = torch.softmax(logits, 1).amax(1)
         last = k == len(model.stages) - 1
-        early_stop = m & (conf >= rho) if rho < 1 else torch.zeros_like(m)
+        rho_k = rho[min(k, len(rho) - 1)] if isinstance(rho, tuple) else rho  # per stage, or one for all
+        early_stop = m & (conf >= rho_k) if rho_k < 1 else torch.zeros_like(m)
         stop = m if last else early_stop
         if final is None:
             final = torch.zeros_like(logits)
@@ -239,6 +241,66 @@ def test_backends_equal_reference(seed, rho, downsample):
         assert sum(out.stop_fractions) == pytest.approx(1.0)
     # "auto" on a CPU runs a nearly full region as the dense convolution: more MACs executed
     assert outs["torch"].macs <= outs["auto"].macs <= outs["dense"].macs
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 1000), rho=st.tuples(st.sampled_from([0.5, 0.8, 0.95]), st.sampled_from([0.4, 0.7, 1.0])))
+def test_per_stage_rho_equals_reference(seed, rho):
+    """A threshold per stage: stage k stops its pixels at rho[k] (the reference applies them one by one)."""
+    model = make_model(seed=seed, rho=rho, head_gain=15.0)  # confident heads: pixels stop at every stage
+    assert model.rho == rho and [model.stage_rho(k) for k in range(2)] == list(rho)
+    x = torch.randn(2, 3, 29, 38, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want_logits, want_map = reference_cascade(model, x, rho)
+        for backend in ["dense", "torch"]:
+            out = model.set_backend(backend)(x)
+            assert torch.equal(out.stage_map, want_map), backend
+            want = F.interpolate(want_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            torch.testing.assert_close(out.logits, want, rtol=1e-4, atol=1e-5, msg=backend)
+
+
+def test_a_stage_at_rho_one_skips_its_head_only():
+    """rho (1, r): stage 1 can stop nothing, so head 1 is not run (its MACs are not spent); stage 2 stops
+    at r as the reference says. A stop rule that decides the same runs every head: the MACs differ by
+    head 1 on every pixel, exactly. Neither one rho for both stages gives that stage map."""
+    model = make_model(seed=1, rho=(1.0, 0.4), head_gain=15.0).set_backend("torch")
+    x = torch.randn(2, 3, 29, 38, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(x)
+        _, want_map = reference_cascade(model, x, (1.0, 0.4))
+        assert torch.equal(out.stage_map, want_map) and out.stop_fractions[0] == 0.0 and out.stop_fractions[1] > 0.5
+        for one in (1.0, 0.4):
+            model.rho = one
+            assert not torch.equal(model(x).stage_map, out.stage_map), one
+        model.rho = (1.0, 0.4)
+        model.stop_rule = lambda logits, active, k: (torch.zeros_like(active) if k == 0
+                                                     else torch.softmax(logits, 1).amax(1) >= 0.4)
+        every_head = model(x)
+        model.stop_rule = None
+        assert torch.equal(every_head.stage_map, out.stage_map)
+        with sc.active_region(None, "torch"), sc.ops.count_macs() as head1:
+            model.heads[0](model.stages[0](x))
+        with sc.active_region(None, "torch"), sc.ops.count_macs() as stage1:
+            model.stages[0](x)
+    assert every_head.macs - out.macs == head1.macs - stage1.macs > 0
+
+
+def test_rho_values_are_checked():
+    model = make_model(rho=0.7)
+    model.rho = [0.9, 0.5]  # a list (JSON's) is kept as a tuple
+    assert model.rho == (0.9, 0.5) and model.stage_rho(1) == 0.5
+    model.rho = 0.8
+    assert model.rho == 0.8 and model.stage_rho(0) == model.stage_rho(1) == 0.8
+    for bad, fragment in [((0.9,), "expected one number in [0, 1] or 2 (one per stage but the last of 3), got 1"),
+                          ((0.9, 0.5, 0.5), "or 2 (one per stage but the last of 3), got 3"),
+                          ((0.9, 1.5), "got (0.9, 1.5)"), (float("nan"), "got nan"), (True, "got True"),
+                          ("0.9", "got '0.9'"), ((), "got ()")]:
+        with pytest.raises(ValueError) as e:
+            model.rho = bad
+        assert str(e.value).startswith("rho: ") and fragment in str(e.value) and "\n" not in str(e.value), bad
+    assert model.rho == 0.8
+    with pytest.raises(ValueError, match=r"k: expected a stage that can stop pixels, in \[0, 1\], got 2"):
+        model.stage_rho(2)
 
 
 @pytest.mark.skipif(not TRITON_RUNS, reason="Triton needs CUDA or TRITON_INTERPRET=1")

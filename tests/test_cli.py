@@ -107,7 +107,7 @@ def assert_one_line_error(code, err, *fragments):
 
 def test_out_of_range_rho_names_the_option_subprocess():
     result = run("segment", "x.png", "--rho", "1.5")
-    assert_one_line_error(result.returncode, result.stderr, "argument --rho: expected a number in [0, 1], got '1.5'")
+    assert_one_line_error(result.returncode, result.stderr, "argument --rho: expected a number in [0, 1]", "got '1.5'")
 
 
 def test_train_configuration_errors_are_one_line(capsys, tmp_path):

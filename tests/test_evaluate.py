@@ -115,6 +115,24 @@ def test_rho_sweep_writes_table_and_plot(val_data, tmp_path):
         assert png.format == "PNG" and png.size[0] > 300
 
 
+def test_per_stage_rho_in_a_sweep_and_a_calibration(val_data, tmp_path):
+    """Per-stage candidates follow the numbers; each is evaluated at its own thresholds: (0, 0.5) stops
+    every pixel at stage 1 as rho 0 does, (1, 0) every pixel at stage 2, without running head 1."""
+    model = confident_tiny()
+    results = rho_sweep(model, val_data, [(1.0, 0.0), 1.0, (0.0, 0.5), 0.0], out_dir=tmp_path)
+    assert [r.rho for r in results] == [0.0, 1.0, (1.0, 0.0), (0.0, 0.5)]
+    assert results[2].stop_fractions == [0.0, 1.0, 0.0] and results[3].stop_fractions == [1.0, 0.0, 0.0]
+    assert results[2].mac_ratio == pytest.approx((STAGE1 - HEAD + STAGE23) / (STAGE1 + 2 * STAGE23))  # no head 1
+    with open(tmp_path / "rho_sweep.csv") as f:
+        assert [row["rho"] for row in csv.DictReader(f)] == ["0.0", "1.0", "1/0", "0/0.5"]
+    assert [s["rho"] for s in json.loads((tmp_path / "rho_sweep.json").read_text())] == [0.0, 1.0, [1.0, 0.0], [0.0, 0.5]]
+    cal = calibrate_rho(model, val_data, budget=(STAGE1 - HEAD + STAGE23) / (STAGE1 + 2 * STAGE23) + 1e-9,
+                        rhos=[1.0, (1.0, 0.0)])
+    assert cal.rho == (1.0, 0.0) and model.rho != cal.rho
+    with pytest.raises(ValueError, match=r"^rhos: expected one number in \[0, 1\] or 2"):
+        rho_sweep(model, val_data, [(0.5, 0.5, 0.5)])
+
+
 def test_calibrate_rho(val_data):
     assert sc.calibrate_rho is calibrate_rho  # the top-level name the issue asks for
     model = confident_tiny()
@@ -130,7 +148,7 @@ def test_calibrate_rho(val_data):
     assert everything.rho == min((r for r in everything.curve if r.miou == best), key=lambda r: r.mac_ratio).rho
     by_time = calibrate_rho(model, val_data, budget=1e9, budget_kind="ms", rhos=(0.0, 1.0))
     assert by_time.budget_kind == "ms" and by_time.result.miou == max(r.miou for r in by_time.curve)
-    with pytest.raises(ValueError, match=r"budget: no rho in \[0.0, 1.0\] fits macs <= 0.1; the cheapest, rho=0"):
+    with pytest.raises(ValueError, match=r"budget: no rho in \[0, 1\] fits macs <= 0.1; the cheapest, rho=0"):
         calibrate_rho(model, val_data, budget=0.1, rhos=(0.0, 1.0))
     with pytest.raises(ValueError, match="budget_kind: expected one of"):
         calibrate_rho(model, val_data, budget=0.5, budget_kind="flops")

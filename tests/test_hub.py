@@ -42,6 +42,26 @@ def test_local_round_trip(tiny, tmp_path):
     assert sc.from_pretrained(str(tmp_path / "m"), rho=0.5).rho == 0.5
 
 
+def test_per_stage_rho_round_trip(tiny, tmp_path):
+    """A rho per stage is written as a JSON list, read back as the tuple, printed as 0.95/0.5 in the card;
+    from_pretrained's rho overrides it with either kind, and refuses a tuple of the wrong length."""
+    tiny.rho = (0.95, 0.5)
+    try:
+        tiny.save_pretrained(tmp_path / "m")
+    finally:
+        tiny.rho = 0.9
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["rho"] == [0.95, 0.5]
+    assert "default rho = 0.95/0.5." in (tmp_path / "m" / "README.md").read_text()
+    loaded = sc.from_pretrained(tmp_path / "m")
+    assert loaded.rho == (0.95, 0.5) and (loaded.stage_rho(0), loaded.stage_rho(1)) == (0.95, 0.5)
+    assert sc.from_pretrained(tmp_path / "m", rho=0.6).rho == 0.6
+    assert sc.from_pretrained(tmp_path / "m", rho=[0.8, 0.4]).rho == (0.8, 0.4)
+    with pytest.raises(ValueError, match=r"^rho: expected one number in \[0, 1\] or 2 \(one per stage but the last of 3\), got 3"):
+        sc.from_pretrained(tmp_path / "m", rho=(0.9, 0.8, 0.7))
+    with pytest.raises(ValueError, match=r"^rho: expected a number in \[0, 1\] or a sequence of them"):
+        sc.from_pretrained(tmp_path / "m", rho=(0.9, 1.2))
+
+
 def test_fp16_export_and_idempotent_save(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "a", dtype=torch.float16)
     tiny.save_pretrained(tmp_path / "b", dtype=torch.float16)

@@ -525,6 +525,45 @@ def test_eval_rhos_without_matplotlib(saved, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "eval" / "rho_sweep.png").exists() and "rho_sweep.png" not in out
 
 
+def test_eval_and_segment_take_a_rho_per_stage(saved, tmp_path, capsys):
+    """--rho 0.9/0.5 and --rhos 1,0.9/0.5 reach the model as per-stage thresholds: the stop fractions are
+    those of a stop rule that applies them by hand; a bad spelling is a one-line error naming --rho."""
+    from sparsecascade import cli
+    from sparsecascade.data import build_dataset, eval_transform
+    from test_train import make_camvid_fixture
+
+    data = make_camvid_fixture(tmp_path / "camvid", n_train=1, n_val=2)
+    folder = tmp_path / "m11"
+    model = small(num_classes=11)
+    with torch.no_grad():
+        for head in model.heads:  # confident enough that some pixels stop at each stage
+            head[-1].weight.mul_(20.0)
+    model.save_pretrained(folder)
+    common = ["--pretrained", str(folder), "--dataset", "camvid", "--data-root", str(data), "--workers", "0",
+              "--no-progress", "--device", "cpu"]
+    assert cli.main(["eval", *common, "--rho", "0.9/0.5", "--out", str(tmp_path / "one")]) == 0
+    assert cli.main(["eval", *common, "--rhos", "1,0.9/0.5", "--out", str(tmp_path / "sweep")]) == 0
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    sweep = json.loads((tmp_path / "sweep" / "rho_sweep.json").read_text())
+    assert one["rho"] == [0.9, 0.5] and [r["rho"] for r in sweep] == [1.0, [0.9, 0.5]]
+    loaded = sc.from_pretrained(folder)
+    loaded.rho = 1.0
+    loaded.stop_rule = lambda logits, active, k: torch.softmax(logits.float(), 1).amax(1) >= (0.9, 0.5)[k]
+    val = build_dataset("camvid", "val", data, transform=eval_transform(loaded.mean, loaded.std))
+    by_hand = sc.evaluate.evaluate(loaded, val)
+    assert one["stop_fractions"] == pytest.approx(by_hand.stop_fractions) == sweep[1]["stop_fractions"]
+    assert 0 < by_hand.stop_fractions[0] < 1 and by_hand.stop_fractions != sweep[0]["stop_fractions"]
+    capsys.readouterr()
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(image)
+    assert cli.main(["segment", str(image), "--model", str(folder), "--rho", "0.9/0.5", "--out", str(tmp_path / "s")]) == 0
+    with pytest.raises(SystemExit) as e:
+        cli.main(["segment", str(image), "--model", str(folder), "--rho", "0.9/x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --rho: expected a number in [0, 1], or one per stage" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 # -- packaging -------------------------------------------------------------------------------------------------
 def test_extras_agree_with_the_torch_floor():
     import tomllib

@@ -156,6 +156,20 @@ def test_each_mode_trains(mode, camvid_tiny, tmp_path):
         assert any(e["region_fractions"][1] < 1.0 for e in cascade)
 
 
+def test_cascade_training_at_a_rho_per_stage(camvid_tiny, tmp_path):
+    """--rho 1/0: in cascade training no pixel stops at stage 1 (stage 2 sees them all) and every pixel
+    stops at stage 2 (stage 3 sees none); the trained model keeps that rho."""
+    args = cli.build_parser().parse_args(["train", "--rho", "1/0"])
+    assert cli.train_config_from_args(args).rho == (1.0, 0.0)
+    cfg = tiny_config(camvid_tiny, tmp_path, mode="lc", steps=4, dsn_steps=2, rho=[1.0, 0.0], log_every=1)
+    result = train(cfg)
+    cascade = [e for e in read_log(tmp_path) if e["phase"] == "cascade"]
+    assert len(cascade) == 2 and all(e["region_fractions"] == [1.0, 1.0, 0.0] for e in cascade), cascade
+    assert result.model.rho == (1.0, 0.0)
+    with pytest.raises(ValueError, match=r"^rho: expected one number in \[0, 1\] or 2"):
+        train(tiny_config(camvid_tiny, tmp_path / "bad", mode="lc", steps=2, rho=[0.5, 0.5, 0.5]))
+
+
 def test_model_cascade_freezes_earlier_stages(camvid_tiny, tmp_path):
     """Stage k trains in phase k only: after phase 1 only stage/head 1 moved; phase 2 moves only stage/head 2."""
     cfg = tiny_config(camvid_tiny, tmp_path, mode="model_cascade", steps=6, rho=0.2)

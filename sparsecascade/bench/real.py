@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..ops import count_macs
+from ..rho import format_rho, parse_rho
 from ..nn import active_region
 from .timing import measure_all_ms, write_results
 
@@ -85,7 +86,7 @@ def bench_real(model, images, rhos=RHOS, reps=5, compiled=False):
             row["compiled_ms"] = round(min(times[f"compiled {rho}"]) / len(images), 2)
             row["compiled_vs_eager"] = round(row["compiled_ms"] / ms, 3)
         rows.append(row)
-        print(f"rho {rho:<6} {ms:8.1f} ms/image | LC/plain time {time_ratio:.3f} | MACs {mac_ratio:.3f} | "
+        print(f"rho {format_rho(rho):<6} {ms:8.1f} ms/image | LC/plain time {time_ratio:.3f} | MACs {mac_ratio:.3f} | "
               f"share of bound {row['share_of_bound']:.2f} | stops {stops[rho]}"
               + (f" | compiled/eager {row['compiled_vs_eager']:.3f}" if "compiled_ms" in row else ""), flush=True)
     return rows
@@ -94,11 +95,12 @@ def bench_real(model, images, rhos=RHOS, reps=5, compiled=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sparsecascade.bench real", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="lc-resnet18-camvid", help="a zoo name or a saved model folder")
+    parser.add_argument("--model", default="lc-vgg16-camvid", help="a zoo name or a saved model folder")
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files (or one folder)")
     parser.add_argument("--max-images", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
-    parser.add_argument("--rhos", type=float, nargs="+", default=RHOS)
+    parser.add_argument("--rhos", type=parse_rho, nargs="+", default=RHOS, metavar="R",
+                        help="rho values; one per stage but the last joined by '/' (0.9/0.5)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile (inductor)")

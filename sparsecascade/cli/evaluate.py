@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import device_name, load_model, positive_float, positive_int, probability, probability_list, set_threads
+from .options import device_name, load_model, positive_float, positive_int, rho_list, rho_value, set_threads
 
 HELP = "mIoU, stage statistics, ms/image; rho sweep; rho calibration"
 
@@ -19,9 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="voc, cityscapes, camvid (default: the training data set)")
     p.add_argument("--data-root", dest="data_root", metavar="DIR", help="default: as in training / env vars")
     p.add_argument("--split", default="val", metavar="NAME", help="default: val")
-    p.add_argument("--rho", type=probability, metavar="R",
-                   help="default: 1 for plain/dsn/dsn_dropout, else the training rho")
-    p.add_argument("--rhos", type=probability_list, metavar="R1,R2,...", help="sweep: table (CSV, JSON) and plot (PNG)")
+    p.add_argument("--rho", type=rho_value, metavar="R",
+                   help="R or R1/R2 (per stage but the last); default: 1 for plain/dsn/dsn_dropout, else the training rho")
+    p.add_argument("--rhos", type=rho_list, metavar="R1,R2,...",
+                   help="sweep (a value may be per stage: 0.9/0.5): table (CSV, JSON) and plot (PNG)")
     p.add_argument("--budget", type=positive_float, metavar="X",
                    help="calibrate: best mIoU with cost <= budget over --rhos")
     p.add_argument("--budget-kind", dest="budget_kind", choices=["macs", "ms"], default="macs", metavar="KIND",
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, eval_transform
     from ..eval_report import format_table, save_sweep
     from ..evaluate import DEFAULT_RHOS, calibrate_rho, evaluate, rho_sweep
+    from ..rho import format_rho
     from ..train import load_trained_model, model_normalization
 
     set_threads(args.threads)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         cal = calibrate_rho(model, data, budget=args.budget, budget_kind=args.budget_kind,
                             rhos=args.rhos or DEFAULT_RHOS, out_dir=out_dir, **kw)
         print(format_table(cal.curve))
-        print(f"\ncalibrated: rho = {cal.rho:g} ({args.budget_kind} budget {args.budget:g})\n")
+        print(f"\ncalibrated: rho = {format_rho(cal.rho)} ({args.budget_kind} budget {args.budget:g})\n")
         print(cal.result.report())
         (out_dir / "calibration.json").write_text(json.dumps(
             dict(rho=cal.rho, budget=cal.budget, budget_kind=cal.budget_kind, result=cal.result.to_dict()),

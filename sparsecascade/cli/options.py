@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..rho import Rho, parse_rho
+
 SUPPRESS = argparse.SUPPRESS  # "not given": a recipe's value, else the TrainConfig default, stays
 
 
@@ -18,21 +20,22 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def probability(text: str) -> float:
+def rho_value(text: str) -> Rho:
+    """A rho: "0.7", or one per stage but the last joined by '/' ("0.9/0.5")."""
     try:
-        value = float(text)
+        return parse_rho(text)
     except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], or one per stage but the last joined by "
+                                         f"'/' (0.9/0.5), got {text!r}") from None
 
 
-def probability_list(text: str) -> list[float]:
-    values = float_list(text)
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
-    return values
+def rho_list(text: str) -> list[Rho]:
+    """Comma-separated rho values ("1,0.9,0.9/0.5")."""
+    try:
+        return [parse_rho(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rho values (numbers in [0, 1], or one per stage "
+                                         f"but the last joined by '/': 1,0.9,0.9/0.5), got {text!r}") from None
 
 
 def positive_float(text: str) -> float:

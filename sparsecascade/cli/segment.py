@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import default_model, device_name, load_model, positive_int, probability
+from .options import default_model, device_name, load_model, positive_int, rho_value
 
 HELP = "segment images: colour labels, overlay and stage map PNGs"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("--model", default=default_model(), metavar="NAME",
                    help="zoo name, Hub repo id or save_pretrained folder (default: %(default)s)")
-    p.add_argument("--rho", type=probability, help="confidence threshold in [0, 1] (default: the model's)")
+    p.add_argument("--rho", type=rho_value, help="confidence threshold in [0, 1], or one per stage but the last "
+                   "joined by '/' (0.9/0.5) (default: the model's)")
     p.add_argument("--out", default="segment_out", metavar="DIR", help="where the PNGs go (default: %(default)s)")
     p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8, metavar="N",
                    help="images of one size segmented together, N at a time (default: %(default)s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .options import SUPPRESS as S
-from .options import device_name, float_list, json_object, positive_float, positive_int, probability, set_threads
+from .options import device_name, float_list, json_object, positive_float, positive_int, rho_value, set_threads
 
 HELP = "train LC or a baseline (plain, dsn, dsn_dropout, model_cascade)"
 
@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--mode", default=S, choices=["plain", "dsn", "dsn_dropout", "model_cascade", "lc"],
                    metavar="MODE", help="lc (default), plain, dsn, dsn_dropout, model_cascade")
-    g.add_argument("--rho", type=probability, default=S, metavar="R", help="cascade threshold (default 0.985)")
+    g.add_argument("--rho", type=rho_value, default=S, metavar="R",
+                   help="cascade threshold, or one per stage but the last (0.9/0.5) (default 0.985)")
     g.add_argument("--dsn-steps", dest="dsn_steps", type=int, default=S, metavar="N",
                    help="lc: DSN initial-training steps (default steps/2)")
     g.add_argument("--drop-ratios", dest="drop_ratios", type=float_list, default=S, metavar="R1,R2,R3",

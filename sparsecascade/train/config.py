@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..rho import Rho, check_rho
+
 MODES = ("plain", "dsn", "dsn_dropout", "model_cascade", "lc")
 # LC's drop ratios at rho = 0.985 (the paper's Table 1: 23% of the pixels stop at stage 1 and 29%
 # at stage 2, so stage 2 sees 77% of them and stage 3 48%).
@@ -39,7 +41,7 @@ class TrainConfig:
     flip: bool = True
     # method
     mode: str = "lc"
-    rho: float = 0.985
+    rho: Rho = 0.985  # or one per stage but the last (a recipe's list)
     dsn_steps: Optional[int] = None  # lc: DSN initial-training steps (None: half of ``steps``)
     drop_ratios: tuple = LC_DROP_RATIOS  # dsn_dropout: per stage
     # optimisation
@@ -103,8 +105,7 @@ class TrainConfig:
             self.crop_size = (self.crop_size, self.crop_size)
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho: expected a number in [0, 1], got {self.rho!r}")
+        self.rho = check_rho(self.rho)  # its length is checked against the model, when it is built
         for name in ("steps", "batch_size", "ckpt_every", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
@@ -137,7 +138,7 @@ class TrainConfig:
         return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k not in self.RUN_CONTROL}))
 
 
-def eval_rho(cfg: TrainConfig) -> float:
+def eval_rho(cfg: TrainConfig) -> Rho:
     """The rho a model trained in ``cfg.mode`` is evaluated at: 1 for the networks trained without a
     cascade (plain, DSN, DSN + dropout), ``cfg.rho`` for LC and the model cascade."""
     return 1.0 if cfg.mode in ("plain", "dsn", "dsn_dropout") else cfg.rho

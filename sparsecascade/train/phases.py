@@ -12,6 +12,7 @@ from .. import losses
 from ..cascade import CascadeTrainOutput, LayerCascade
 from ..data import IGNORE_INDEX
 from ..labelmaps import labels_at
+from ..rho import Rho
 from .config import TrainConfig
 
 
@@ -22,7 +23,7 @@ class Phase:
     name: str  # "plain", "dsn", "dsn_dropout", "cascade", or "stage<k>" (model cascade, 1-based)
     start: int
     end: int
-    rho: float
+    rho: Rho
     stages: Optional[tuple[int, ...]] = None  # 0-based stages that train (None: all)
     heads: Optional[tuple[int, ...]] = None  # 0-based heads that train (None: all)
 

@@ -137,6 +137,32 @@ def test_every_table_and_each_target_met_or_missed_with_its_margin(tmp_path):
     assert card.startswith((VGG / "README.md").read_text().split(mr.CARD_BEGIN)[0])
 
 
+def test_a_rho_per_stage_in_the_sweep_can_be_the_default(tmp_path):
+    """A per-stage row ([0.9, 0.5], as the JSON of `sparsecascade eval --rhos ...,0.9/0.5` holds it) after
+    the single-rho rows of Table 1; the rule picks it when it is the most accurate at >= 1.5x, and every
+    table, the card and --print-default-rho spell it 0.9/0.5."""
+    folder = experiment_copy(tmp_path)
+    full_experiment(folder)
+    sweep = [evaluation(r, m, ms, mac=ms / 900) for r, m, ms in SWEEP] + [evaluation([0.9, 0.5], 0.612, 560.0)]
+    write(folder / "results" / "lc_rho05" / "rho_sweep.json", list(reversed(sweep)))
+    x = mr.Experiment(folder)
+    assert [r["rho"] for r in x.sweep] == [1.0, 0.985, 0.95, 0.9, 0.5, [0.9, 0.5]]
+    assert mr.pick_rho(x.sweep, 1.5)[0] == [0.9, 0.5]  # 61.2 mIoU at 1.61x beats 0.95's 60.7 at 1.55x
+    assert mr.row_at(x.sweep, 0.93)["rho"] == 0.95 and mr.row_at(x.sweep, [0.9, 0.5])["miou"] == 0.612
+    assert mr.row_at(x.sweep, [0.9, 0.6]) is None and mr.row_at(x.sweep, 0.9, exact=True)["miou"] == 0.59
+    text = mr.build(x)
+    assert "at its default rho = 0.9/0.5 | 61.2 |" in text and "| **0.9/0.5** | 0.0 | 0.0 | 100.0 | 61.2 | 560.0 | 1.61x |" in text
+    assert "| 0.9 | 0.0 | 0.0 | 100.0 | 59.0 |" in text  # the single 0.9 is not the default
+    assert "| 0.9/0.5 (default) | 61.2 |" in mr.card_text(x)
+    rho = subprocess.run([sys.executable, str(REPO / "zoo" / "make_results.py"), str(folder), "--print-default-rho"],
+                         capture_output=True, text=True, timeout=60)
+    assert rho.returncode == 0 and rho.stdout.strip() == "0.9/0.5"
+    publish = load_module("publish")
+    assert publish.summarize_results(folder / "results" / "lc_rho05" / "rho_sweep.json", (0.9, 0.5))["miou"] == 0.612
+    with pytest.raises(SystemExit, match="has no row at rho = 0.9/0.6"):
+        publish.summarize_results(folder / "results" / "lc_rho05" / "rho_sweep.json", (0.9, 0.6))
+
+
 def test_a_shipped_run_that_continues_another_reports_both(tmp_path):
     """The shipped run started from earlier runs' weights (results_spec.json's long_run.continues):
     every part's phases in the training table, its steps counted on, and its budget the sum of theirs."""

@@ -59,11 +59,33 @@ def pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def row_at(sweep: list, rho: float, exact: bool = False) -> Optional[dict]:
-    if not sweep:
-        return None
-    row = min(sweep, key=lambda r: abs(r["rho"] - rho))
-    return row if not exact or abs(row["rho"] - rho) < 1e-9 else None
+def per_stage(rho) -> bool:
+    """A rho per stage (a JSON list), as ``sparsecascade.rho`` writes it."""
+    return isinstance(rho, (list, tuple))
+
+
+def fmt_rho(rho) -> str:
+    """0.7 -> "0.7"; [0.9, 0.5] -> "0.9/0.5" (the command line's spelling)."""
+    return "/".join(f"{v:g}" for v in rho) if per_stage(rho) else f"{rho:g}"
+
+
+def same_rho(a, b) -> bool:
+    if per_stage(a) or per_stage(b):
+        return per_stage(a) and per_stage(b) and len(a) == len(b) and all(abs(u - v) < 1e-9 for u, v in zip(a, b))
+    return abs(a - b) < 1e-9
+
+
+def row_at(sweep: list, rho, exact: bool = False) -> Optional[dict]:
+    """The sweep's row at ``rho`` (``exact``) or, for one number, the nearest row at one number."""
+    if exact or per_stage(rho):
+        return next((r for r in sweep if same_rho(r["rho"], rho)), None)
+    numbers = [r for r in sweep if not per_stage(r["rho"])]
+    return min(numbers, key=lambda r: abs(r["rho"] - rho)) if numbers else None
+
+
+def sweep_order(row: dict):
+    """One rho for every stage first, descending (as the paper's Table 1), then the per-stage ones as run."""
+    return (1, 0.0) if per_stage(row["rho"]) else (0, -row["rho"])
 
 
 def read_log(path: Path) -> list[dict]:
@@ -103,7 +125,7 @@ class Experiment:
         sweep_spec = self.spec.get("sweep")
         self.sweep_run = sweep_spec["run"] if sweep_spec else None
         sweep = self._file(self.sweep_run, "rho_sweep.json") if sweep_spec else None
-        self.sweep = sorted(sweep, key=lambda r: -r["rho"]) if sweep else []
+        self.sweep = sorted(sweep, key=sweep_order) if sweep else []
         self.calibrations = {b: self._file(self.sweep_run, f"budget{b}", "calibration.json")
                              for b in self.spec.get("calibrations", [])}
         self.shipped = self._file("shipped", "eval.json")
@@ -169,9 +191,9 @@ class Experiment:
             rho, why = pick_rho(self.sweep, rule["min_speedup"])
             if rho is None:
                 return None, why
-            if published and self.shipped is not None and abs(self.shipped["rho"] - rho) > 1e-9:
+            if published and self.shipped is not None and not same_rho(self.shipped["rho"], rho):
                 shipped = row_at(self.sweep, self.shipped["rho"], exact=True)
-                return shipped, (f"the shipped rho (the rule, {why}, picks {rho:g}: "
+                return shipped, (f"the shipped rho (the rule, {why}, picks {fmt_rho(rho)}: "
                                  "the package was published with another RHO)")
             return row_at(self.sweep, rho, exact=True), why
         return None, "no rule"
@@ -236,7 +258,7 @@ def stage_distribution_plot(result: dict, out: Path) -> None:
         bottom += values
     ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=45, ha="right")
     ax.set_ylabel("% of the class's pixels")
-    ax.set_title(f"Where each class is decided (LC, rho = {result['rho']:g}, CamVid val)")
+    ax.set_title(f"Where each class is decided (LC, rho = {fmt_rho(result['rho'])}, CamVid val)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out)
@@ -306,10 +328,10 @@ def targets_section(x: Experiment, default: Optional[dict], why: str) -> list[st
     """The issue's targets, each met or missed with its margin; "not measured" where a file is missing."""
     t = x.spec["targets"]
     long = x.long["run"] if x.long else x.sweep_run
-    where = f"the shipped run `{long}` at its default rho" + (f" = {default['rho']:g}" if default else "")
+    where = f"the shipped run `{long}` at its default rho" + (f" = {fmt_rho(default['rho'])}" if default else "")
     md = [f"## Targets ({t.get('source', 'the issue')})", "",
           f"Measured by the commands of the tables below ({x.size[0]}x{x.size[1]} input, scored at the labels' "
-          "full 360x480). The default rho: " + (f"{default['rho']:g}, {why}." if default else f"not chosen yet ({why}).")
+          "full 360x480). The default rho: " + (f"{fmt_rho(default['rho'])}, {why}." if default else f"not chosen yet ({why}).")
           + " A run shown as \"not run\" has no log in `results/<run>/` yet (`experiment.sh` copies it there "
           "when the run has finished).", "",
           "| target | measured | status |", "|---|---|---|"]
@@ -437,10 +459,10 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
         if e is None:
             md.append(f"| {label} | {x.missing(run)} | | | | | {paper.get(run, '')} |")
             continue
-        md.append(f"| {label} | {e['rho']:g} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | "
+        md.append(f"| {label} | {fmt_rho(e['rho'])} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | "
                   f"{ms(e)} | {pct(e['mac_ratio'])} | {paper.get(run, '')} |")
     if t2.get("default_row") and default is not None:
-        md.append(f"| LC at the rho {why} | {default['rho']:g} | {pct(default['miou'])} | "
+        md.append(f"| LC at the rho {why} | {fmt_rho(default['rho'])} | {pct(default['miou'])} | "
                   f"{pct(default['pixel_accuracy'])} | {ms(default)} | {pct(default['mac_ratio'])} | |")
     class_names = next((e["class_names"] for e in [*x.evals.values(), *x.sweep] if e), None)
     if class_names:
@@ -473,8 +495,8 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                    "|---|---|---|---|---|---|---|" + ("---|" if speed else "")]
             for r in x.sweep:
                 s = r["stop_fractions"]
-                rho = f"{r['rho']:g}"
-                if speed and default is not None and abs(r["rho"] - default["rho"]) < 1e-9:
+                rho = f"{fmt_rho(r['rho'])}"
+                if speed and default is not None and same_rho(r["rho"], default["rho"]):
                     rho = f"**{rho}**"
                 up = (f"{dense['ms_per_image'] / r['ms_per_image']:.2f}x | " if dense else "- | ") if speed else ""
                 md.append(f"| {rho} | {pct(s[0])} | {pct(s[1])} | {pct(s[2])} | {pct(r['miou'])} | "
@@ -485,7 +507,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                 names = x.sweep[0]["class_names"]
                 md += ["Per-class IoU (%) against rho:", "", "| rho | " + " | ".join(names) + " |",
                        "|---|" + "---|" * len(names)]
-                md += [f"| {r['rho']:g} | " + " | ".join(pct(v) for v in r["iou"]) + " |" for r in x.sweep]
+                md += [f"| {fmt_rho(r['rho'])} | " + " | ".join(pct(v) for v in r["iou"]) + " |" for r in x.sweep]
                 md.append("")
             md += [f"![mIoU and time against rho](results/{x.sweep_run}/rho_sweep.png)", ""]
 
@@ -501,7 +523,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                    "|---|---|---|---|---|---|---|---|"]
             picks = [("dense network (every pixel through every stage)", dense)]
             is_default = (lambda rho: "min_speedup" in spec.get("default", {}) and default is not None
-                          and abs(default["rho"] - rho) < 1e-9)
+                          and same_rho(default["rho"], rho))
             picks += [(f"LC, the default rho ({why})" if is_default(rho) else "LC", row_at(x.sweep, rho, exact=True))
                       for rho in spec.get("table3_rhos", [])]
             picks += [(f"LC, calibrated for {float(b):.0%} of the MACs", c["result"] if c else None)
@@ -515,7 +537,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                     continue
                 speedup = dense["ms_per_image"] / r["ms_per_image"]
                 bound = 1 / r["mac_ratio"]
-                md.append(f"| {label} | {r['rho']:g} | {pct(r['miou'])} | {ms(r)} | "
+                md.append(f"| {label} | {fmt_rho(r['rho'])} | {pct(r['miou'])} | {ms(r)} | "
                           f"{1e3 / r['ms_per_image']:.1f} | {speedup:.2f}x | {r['mac_ratio']:.2f} | "
                           f"{100 * speedup / bound:.0f}% |")
             md += ["", "Paper (Titan X, 512x512): IRNet 9 FPS; LC 15 FPS at rho = 0.985 and 18 FPS at rho = 0.95.", ""]
@@ -532,14 +554,14 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                 md.append(f"| {float(b):.0%} | not measured | | | | |")
                 continue
             r = c["result"]
-            md.append(f"| {float(b):.0%} | {c['rho']:g} | {pct(r['mac_ratio'])} | {pct(r['miou'])} | "
+            md.append(f"| {float(b):.0%} | {fmt_rho(c['rho'])} | {pct(r['mac_ratio'])} | {pct(r['miou'])} | "
                       f"{ms(r)} | {pct(r['stop_fractions'][0])} / {pct(r['stop_fractions'][1])} |")
         md.append("")
 
     if default is not None:
         source = (f"results/{x.sweep_run}/budget{spec['default']['calibration']}/calibration.json"
                   if "calibration" in spec.get("default", {}) else sweep_rel)
-        md += [f"## Which classes stop early (the paper's Figure 5), LC at rho = {default['rho']:g}", "",
+        md += [f"## Which classes stop early (the paper's Figure 5), LC at rho = {fmt_rho(default['rho'])}", "",
                f"From `{source}`: the share of each class's labelled val pixels decided at "
                "each stage.", "", "| class | stage 1 (%) | stage 2 (%) | stage 3 (%) | IoU (%) |", "|---|---|---|---|---|"]
         order = sorted(range(len(default["class_names"])), key=lambda c: -(default["stage_distribution"][c][0] or 0))
@@ -564,7 +586,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
     else:
         s = x.shipped
         md += [f"The fp16 weights published in the package (`sparsecascade/weights/{x.name}/`; `zoo/publish.py` "
-               f"builds the Hub folder from them) at their default rho = {s['rho']:g}, on the first "
+               f"builds the Hub folder from them) at their default rho = {fmt_rho(s['rho'])}, on the first "
                f"{s['num_images']} val images: mIoU {pct(s['miou'])}%, stopped at stages 1/2: "
                f"{pct(s['stop_fractions'][0])}% / {pct(s['stop_fractions'][1])}% (`{shipped_cmd}`). "
                "`tests/test_zoo_camvid.py` measures this again on every test run while they are the package's "
@@ -597,7 +619,7 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
         if e is None:
             md.append(f"| {label} | {x.missing(run)} | | | | |")
             continue
-        md.append(f"| {label} | {e['rho']:g} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | {ms(e)} | "
+        md.append(f"| {label} | {fmt_rho(e['rho'])} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | {ms(e)} | "
                   f"{pct(e['mac_ratio'])} |")
         extra_iou.append((label, e))
     for other in long.get("heads_of", []):  # a Table 2 run's heads, for comparison (its budget, not this one)
@@ -607,7 +629,7 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
             if e is None:
                 md.append(f"| {label} | {x.missing(other)} | | | | |")
             else:
-                md.append(f"| {label} | {e['rho']:g} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | {ms(e)} | "
+                md.append(f"| {label} | {fmt_rho(e['rho'])} | {pct(e['miou'])} | {pct(e['pixel_accuracy'])} | {ms(e)} | "
                           f"{pct(e['mac_ratio'])} |")
                 extra_iou.append((label, e))
     if class_names and extra_iou:
@@ -624,11 +646,11 @@ def long_run_section(x: Experiment, default, why, labels, class_names) -> list[s
                f"{images / x.spec.get('train_images', 367):.1f} epochs."]
     fit = x.train_split(run)  # the same evaluation on the images it trained on
     if fit is not None and default is not None:
-        command = eval_command(x, run, f" --split train --rho {fit['rho']:g}", f"{x.rel}/results/{run}/train_split")
+        command = eval_command(x, run, f" --split train --rho {fmt_rho(fit['rho'])}", f"{x.rel}/results/{run}/train_split")
         md += ["", f"Does it fit its training images? `{command}` "
                f"(the {fit['num_images']} training images, evaluated as val is: whole, resized, no augmentation): "
-               f"mIoU {pct(fit['miou'])}% and pixel accuracy {pct(fit['pixel_accuracy'])}% at rho = {fit['rho']:g}, "
-               f"against {pct(default['miou'])}% and {pct(default['pixel_accuracy'])}% on val at rho = {default['rho']:g}."]
+               f"mIoU {pct(fit['miou'])}% and pixel accuracy {pct(fit['pixel_accuracy'])}% at rho = {fmt_rho(fit['rho'])}, "
+               f"against {pct(default['miou'])}% and {pct(default['pixel_accuracy'])}% on val at rho = {fmt_rho(default['rho'])}."]
     return md
 
 
@@ -654,16 +676,16 @@ def card_text(x: Experiment) -> Optional[str]:
         dense = row_at(x.sweep, 1.0, exact=True)
         paper = row_at(x.sweep, 0.985, exact=True)
         lines += [f"CamVid val, all {default['num_images']} images, {x.size[0]}x{x.size[1]} input scored at 360x480 "
-                  f"(`{x.experiment} eval`). The default rho = {default['rho']:g}: {why}, on these images:", "",
+                  f"(`{x.experiment} eval`). The default rho = {fmt_rho(default['rho'])}: {why}, on these images:", "",
                   "| rho | mIoU (%) | stopped at stages 1 / 2 (%) | MACs (% of dense) | ms / image | speed-up |",
                   "|---|---|---|---|---|---|"]
         rows = [(r, note) for r, note in ((dense, " (dense)"), (paper, " (the paper's)"), (default, " (default)"))
                 if r is not None]
         for r, note in rows:
-            if r is paper and default is not None and abs(paper["rho"] - default["rho"]) < 1e-9:
+            if r is paper and default is not None and same_rho(paper["rho"], default["rho"]):
                 continue
             up = f"{dense['ms_per_image'] / r['ms_per_image']:.2f}x" if dense else "-"
-            lines.append(f"| {r['rho']:g}{note} | {pct(r['miou'])} | {pct(r['stop_fractions'][0])} / "
+            lines.append(f"| {fmt_rho(r['rho'])}{note} | {pct(r['miou'])} | {pct(r['stop_fractions'][0])} / "
                          f"{pct(r['stop_fractions'][1])} | {pct(r['mac_ratio'])} | {ms(r)} | {up} |")
         lines += ["", "Per class at the default rho (IoU, %): "
                   + ", ".join(f"{n} {pct(v)}" for n, v in zip(default["class_names"], default["iou"])) + ".", ""]
@@ -730,7 +752,7 @@ def main(argv=None) -> int:
         if default is None:
             print(f"{x.name}: no default rho ({why}); run `{x.experiment} eval` first", file=sys.stderr)
             return 1
-        print(f"{default['rho']:g}")
+        print(f"{fmt_rho(default['rho'])}")
         return 0
     data_root = args.data_root or Path(os.environ.get("SPARSECASCADE_CAMVID") or os.environ.get("CAMVID_ROOT")
                                        or REPO / x.data_root)

@@ -32,6 +32,7 @@ import torch
 import sparsecascade as sc
 from sparsecascade._atomic import atomic_write, atomic_write_text
 from sparsecascade.hub import CARD_NAME, CHECKSUM_KEY, CONFIG_NAME, SHIPPED_DIR, WEIGHTS_NAME, file_sha256, save_pretrained
+from sparsecascade.rho import Rho, check_rho, format_rho, parse_rho
 
 ZOO_DIR = Path(__file__).resolve().parent
 BUILD_DIR = ZOO_DIR.parent / "build" / "hub"  # untracked (.gitignore: build/)
@@ -51,14 +52,14 @@ def load_model(source: str):
     return model, cfg.dataset
 
 
-def summarize_results(path: Path, rho: float) -> dict:
+def summarize_results(path: Path, rho: Rho) -> dict:
     """The card's numbers: the sweep row at the published rho (mIoU, stops, ms) and the command."""
     data = json.loads(path.read_text())
     rows = data["results"] if isinstance(data, dict) and "results" in data else data
-    row = min(rows, key=lambda r: abs(float(r["rho"]) - rho))
-    if abs(float(row["rho"]) - rho) > 1e-9:
-        raise SystemExit(f"--results: {path} has no row at rho = {rho:g} (it has {sorted(float(r['rho']) for r in rows)}); "
-                         "evaluate the model at the rho being published")
+    row = next((r for r in rows if check_rho(r["rho"]) == rho), None)
+    if row is None:
+        raise SystemExit(f"--results: {path} has no row at rho = {format_rho(rho)} (it has "
+                         f"{', '.join(format_rho(r['rho']) for r in rows)}); evaluate the model at the rho being published")
     keep = {k: row[k] for k in ("rho", "miou", "stop_fractions", "ms_per_image", "mac_ratio") if k in row}
     if isinstance(data, dict) and data.get("command"):
         keep["command"] = data["command"]
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
                         help="training checkpoint (last.pt) or save_pretrained folder; none: the package's copy")
     parser.add_argument("--name", required=True, choices=sorted(sc.zoo.ZOO), help="zoo entry")
     parser.add_argument("--results", type=Path, help="evaluation JSON (sparsecascade eval --rhos ...)")
-    parser.add_argument("--rho", type=float, help="default rho to publish (default: the model's)")
+    parser.add_argument("--rho", type=parse_rho, help="default rho to publish, or one per stage but the last "
+                        "(0.9/0.5) (default: the model's)")
     parser.add_argument("--shortest-edge", dest="shortest_edge", type=int, metavar="N",
                         help="segment() resizes images so that their shorter side has N pixels (the training scale)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])

@@ -19,6 +19,7 @@ import re
 from typing import Any, Callable, Optional
 
 from .cascade import LayerCascade
+from .rho import Rho
 from .pretrained import with_pretrained_api
 
 PREFIX = "lc_"
@@ -80,7 +81,7 @@ def set_pretrained_loader(loader: Callable[..., LayerCascade]) -> None:
     _PRETRAINED_LOADER = loader
 
 
-def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[float] = None, *,
+def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[Rho] = None, *,
                  pretrained: bool = False, head_channels: Optional[int] = None, backbone_weights: Any = None,
                  class_names=None, palette=None, **kwargs) -> LayerCascade:
     """An LC model on a built-in backbone (output stride 8, BatchNorm frozen), a registered one, or a zoo model.
@@ -92,7 +93,8 @@ def create_model(name: str, num_classes: Optional[int] = None, rho: Optional[flo
     ``token``, ``map_location``, ``strict``); for a built-in architecture, the backbone's ImageNet
     weights from the Hugging Face Hub (the backbone's ``default_cfg['hf_hub_id']``; ``revision``,
     ``cache_dir``, ``local_files_only`` and ``token`` go to the download), the heads initialised.
-    ``rho``: the confidence threshold (default 0.985; a zoo model's own with ``pretrained=True``).
+    ``rho``: the confidence threshold, or one per stage but the last (default 0.985; a zoo model's own
+    with ``pretrained=True``).
     ``backbone_weights``: an ImageNet state dict or file to load into the backbone instead;
     other ``kwargs`` go to the backbone builder (e.g. ``blocks=(2, 2, 2)`` for a small IRNet), or
     to the builder registered under ``name`` (``@register_cascade``; ``head_channels`` and

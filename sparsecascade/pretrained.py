@@ -21,6 +21,7 @@ from collections.abc import MutableMapping
 from typing import Optional
 
 from .cascade import LayerCascade
+from .rho import Rho
 from .save import push_to_hub, save_pretrained
 from .segment import DEFAULT_BATCH_SIZE, preprocess, segment
 from .zoo import ZOO
@@ -127,7 +128,7 @@ class PretrainedMixin:
         (``sparsecascade.save.push_to_hub``: ``revision``, ``create_pr``, ``commit_message``, ``private``, ...)."""
         return push_to_hub(self, repo_id, **kwargs)
 
-    def segment(self, images, rho: Optional[float] = None, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    def segment(self, images, rho: Optional[Rho] = None, *, batch_size: int = DEFAULT_BATCH_SIZE):
         """Segment one image (path, PIL image or (H, W, 3) uint8 array) -> a ``Segmentation``, or a list
         of them -> a list (images of one size run as one batch): ``sparsecascade.segment.segment``."""
         return segment(self, images, rho, batch_size=batch_size)

@@ -1,10 +1,11 @@
 """``LayerCascade``: any staged backbone as a Deep Layer Cascade that skips the work on stopped pixels.
 
 Inference (DESIGN.md section 1): stage 1 and its head run on every pixel; a pixel whose softmax
-confidence reaches ``rho`` stops; each later stage and head run as region convolutions on the
-pixels still active; a stage with no active pixel in the whole batch is not run. The prediction
-of a pixel is the logits of the stage where it stopped. At rho >= 1 no pixel can stop early, so
-in eval the heads of stages 1..K-1 are not run either: the work of the plain network.
+confidence reaches ``rho`` (the paper's one threshold, or one per stage: :mod:`sparsecascade.rho`)
+stops; each later stage and head run as region convolutions on the pixels still active; a stage
+with no active pixel in the whole batch is not run. The prediction of a pixel is the logits of the
+stage where it stopped. At rho >= 1 no pixel can stop early, so in eval the heads of stages 1..K-1
+are not run either: the work of the plain network.
 
 This module is the model and its outputs only (DESIGN.md section 3: it imports ops and the region
 modules, nothing above). Saving, publishing, segmenting and ``pretrained_cfg`` are the zoo layer's
@@ -71,10 +72,11 @@ class LayerCascade(nn.Module):
     ``rho`` (settable) is the confidence at which a pixel stops; ``rho >= 1`` stops nothing before the
     last stage (the deeply supervised network). A sequence, one value per stage but the last, sets each
     stage's threshold apart (``(0.9, 0.5)``: confidence 0.9 stops a pixel at stage 1, 0.5 at stage 2);
-    ``model.rho`` then returns that tuple and ``stage_rho(k)`` stage k's value. Stages and heads are
-    converted in place by ``convert_to_region``: called directly they still compute densely. A layer that cannot run
-    exactly on a region is refused here, naming its path (``stages.1.0.norm``); ``dense_modules``
-    (module types, or such paths) runs those densely with their output masked instead.
+    ``model.rho`` then returns that tuple and ``stage_rho(k)`` stage k's value; a stage whose rho is 1
+    stops nothing, and in eval its head is not run. Stages and heads are converted in place by
+    ``convert_to_region``: called directly they still compute densely. A layer that cannot run exactly
+    on a region is refused here, naming its path (``stages.1.0.norm``); ``dense_modules`` (module
+    types, or such paths) runs those densely with their output masked instead.
 
     ``stop_rule`` (settable; default None, the confidence threshold): a callable
     ``stop_rule(logits, active, k) -> stop`` that decides instead of ``rho`` which pixels stop at stage

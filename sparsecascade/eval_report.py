@@ -43,8 +43,9 @@ class EvalResult:
 
     def row(self) -> dict:
         """The rho-sweep table's row."""
-        r = dict(rho=self.rho if isinstance(self.rho, float) else format_rho(self.rho), miou=self.miou, pixel_accuracy=self.pixel_accuracy,
-                 ms_per_image=self.ms_per_image, mac_ratio=self.mac_ratio)
+        rho = self.rho if isinstance(self.rho, float) else format_rho(self.rho)  # "0.9/0.5" in one CSV cell
+        r = dict(rho=rho, miou=self.miou, pixel_accuracy=self.pixel_accuracy, ms_per_image=self.ms_per_image,
+                 mac_ratio=self.mac_ratio)
         r.update({f"stop_{k + 1}": f for k, f in enumerate(self.stop_fractions)})
         return r
 

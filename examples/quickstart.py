@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import sparsecascade
+from sparsecascade.rho import format_rho, parse_rho
 
 SAMPLE = Path(__file__).resolve().parent / "images" / "camvid_0016E5_08129.jpg"
 
@@ -19,7 +20,8 @@ SAMPLE = Path(__file__).resolve().parent / "images" / "camvid_0016E5_08129.jpg"
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", default=str(SAMPLE))
-    parser.add_argument("--rho", type=float, default=None, help="confidence threshold (default: the model's)")
+    parser.add_argument("--rho", type=parse_rho, default=None,
+                        help="confidence threshold, or one per stage but the last (0.95/0) (default: the model's)")
     parser.add_argument("--out", default="quickstart_out")
     parser.add_argument("--model", default=sparsecascade.zoo.DEFAULT_MODEL, help="zoo name or save_pretrained folder")
     args = parser.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv=None):
     result.stage_picture().save(out / "stages.png")
 
     print(f"{args.image}: {args.model}, {result.labels.shape[1]}x{result.labels.shape[0]}, {result.ms:.0f} ms, "
-          f"rho {args.rho if args.rho is not None else model.rho:g}")
+          f"rho {format_rho(args.rho if args.rho is not None else model.rho)}")
     print("decided at stages 1/2/3: " + " / ".join(f"{100 * f:.0f}%" for f in result.stop_fractions))
     counts = {result.class_names[c]: (result.labels == c).mean() for c in range(len(result.class_names))}
     print("classes: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in

@@ -18,6 +18,7 @@ from PIL import Image
 import sparsecascade as sc
 from conftest import camvid_root
 from sparsecascade.hub import SHIPPED_DIR
+from sparsecascade.rho import check_rho, format_rho
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = sc.zoo.DEFAULT_MODEL
@@ -48,12 +49,13 @@ def test_the_hub_folder_is_built_from_the_shipped_weights_and_they_are_small(tmp
 
 def test_loads_offline_in_a_fresh_process(tmp_path):
     code = (f"import sparsecascade as sc; m = sc.from_pretrained({NAME!r}); "
-            "print(m.config['architecture'], m.config['num_classes'], m.rho, m.config['class_names'][3], m.training)")
+            "from sparsecascade.rho import format_rho; "
+            "print(m.config['architecture'], m.config['num_classes'], format_rho(m.rho), m.config['class_names'][3], m.training)")
     out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, cwd=tmp_path,
                          timeout=300)
     assert out.returncode == 0, out.stderr
     model = sc.from_pretrained(NAME)
-    assert out.stdout.split() == [sc.zoo.ZOO[NAME].architecture, "11", str(model.rho), "road", "False"]
+    assert out.stdout.split() == [sc.zoo.ZOO[NAME].architecture, "11", format_rho(model.rho), "road", "False"]
 
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
@@ -66,7 +68,7 @@ def test_reproduces_the_measured_miou_on_the_first_val_images():
     size = tuple(SPEC["eval_size"])  # the size experiment.sh publish measured it at
     val = build_dataset("camvid", "val", CAMVID, transform=eval_transform(model.mean, model.std, size))
     got = evaluate(model, val, max_images=card["num_images"])
-    assert got.num_images == card["num_images"] and got.rho == card["rho"]
+    assert got.num_images == card["num_images"] and got.rho == check_rho(card["rho"])
     assert got.miou == pytest.approx(card["miou"], abs=0.005)
     assert got.stop_fractions == pytest.approx(card["stop_fractions"], abs=0.01)
 
@@ -131,4 +133,4 @@ def test_results_md_says_how_well_the_shipped_run_fits_its_training_images():
     line = lines[0]
     assert f"--checkpoint runs/camvid_vgg16/{run}/last.pt" in line and "--split train" in line
     assert f"the {fit['num_images']} training images" in line
-    assert f"mIoU {100 * fit['miou']:.1f}% and pixel accuracy {100 * fit['pixel_accuracy']:.1f}% at rho = {fit['rho']:g}" in line
+    assert f"mIoU {100 * fit['miou']:.1f}% and pixel accuracy {100 * fit['pixel_accuracy']:.1f}% at rho = {format_rho(fit['rho'])}" in line

@@ -86,7 +86,7 @@ def bench_real(model, images, rhos=RHOS, reps=5, compiled=False):
             row["compiled_ms"] = round(min(times[f"compiled {rho}"]) / len(images), 2)
             row["compiled_vs_eager"] = round(row["compiled_ms"] / ms, 3)
         rows.append(row)
-        print(f"rho {format_rho(rho):<6} {ms:8.1f} ms/image | LC/plain time {time_ratio:.3f} | MACs {mac_ratio:.3f} | "
+        print(f"rho {format_rho(rho):<9} {ms:8.1f} ms/image | LC/plain time {time_ratio:.3f} | MACs {mac_ratio:.3f} | "
               f"share of bound {row['share_of_bound']:.2f} | stops {stops[rho]}"
               + (f" | compiled/eager {row['compiled_vs_eager']:.3f}" if "compiled_ms" in row else ""), flush=True)
     return rows

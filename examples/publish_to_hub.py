@@ -46,8 +46,8 @@ def main(argv=None):
     mine, theirs = model.state_dict(), again.state_dict()
     exact = all(torch.equal(theirs[k], v.half().to(v.dtype)) if v.is_floating_point() else torch.equal(theirs[k], v)
                 for k, v in mine.items())
-    print(f"reloaded: {again.config['architecture']}, {again.config['num_classes']} classes, rho {format_rho(again.rho)}, "
-          f"weights {'equal to' if exact else 'DIFFERENT from'} the original rounded to fp16")
+    print(f"reloaded: {again.config['architecture']}, {again.config['num_classes']} classes, "
+          f"rho {format_rho(again.rho)}, weights {'equal to' if exact else 'DIFFERENT from'} the original rounded to fp16")
     if not exact:
         raise SystemExit("the saved folder does not round-trip")
 

@@ -35,7 +35,8 @@ def main(argv=None):
     results = rho_sweep(model, val, args.rhos, out_dir=args.out, max_images=args.max_images)
     print(f"{'rho':>6} {'mIoU':>6} {'ms/img':>7}  decided at stages 1/2/3")
     for r in results:
-        print(f"{format_rho(r.rho):>6} {100 * r.miou:6.2f} {r.ms_per_image:7.1f}  " + " / ".join(f"{100 * f:.0f}%" for f in r.stop_fractions))
+        stops = " / ".join(f"{100 * f:.0f}%" for f in r.stop_fractions)
+        print(f"{format_rho(r.rho):>6} {100 * r.miou:6.2f} {r.ms_per_image:7.1f}  {stops}")
     print(f"wrote {args.out}/rho_sweep.csv, rho_sweep.json, rho_sweep.png")
 
 

@@ -182,9 +182,10 @@ def from_pretrained(name_or_path: Union[str, os.PathLike], *, rho: Optional[Rho]
                     device=None, strict: bool = True, **model_kwargs) -> LayerCascade:
     """Load an LC model in eval mode from a local folder, a zoo name or a Hub repo id.
 
-    ``rho`` overrides the stored default (a number, or one per stage but the last); ``map_location`` (or its alias ``device``) moves the model
-    (default: the CPU); ``revision``, ``cache_dir``, ``local_files_only``, ``force_download`` and
-    ``token`` go to the Hub download (``huggingface_hub.snapshot_download``). A zoo name loads the
+    ``rho`` overrides the stored default (a number, or one per stage but the last); ``map_location``
+    (or its alias ``device``) moves the model (default: the CPU); ``revision``, ``cache_dir``,
+    ``local_files_only``, ``force_download`` and ``token`` go to the Hub download
+    (``huggingface_hub.snapshot_download``). A zoo name loads the
     weights shipped with the package, verified by their checksum, unless ``force_download`` or a
     ``revision`` other than the zoo's pinned one asks for the Hub's. ``strict=False`` tolerates tensors
     missing from or unexpected in the file (a warning lists them); shapes and checksums are always checked.

@@ -187,7 +187,8 @@ def segment(model, image, rho=None, *, batch_size: int = DEFAULT_BATCH_SIZE):
     A list is read first (a bad image raises before anything runs), then images of one size run
     through the model together, ``batch_size`` at a time; each result is the image's own (its stop
     fractions are its pixels' shares; ``ms`` is the batch's forward time per image). ``rho``
-    overrides the model's threshold for this call (a number, or one per stage but the last). See the module docstring.
+    overrides the model's threshold for this call (a number, or one per stage but the last). See the
+    module docstring.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", dest="data_root", metavar="DIR", help="default: as in training / env vars")
     p.add_argument("--split", default="val", metavar="NAME", help="default: val")
     p.add_argument("--rho", type=rho_value, metavar="R",
-                   help="R or R1/R2 (per stage but the last); default: 1 for plain/dsn/dsn_dropout, else the training rho")
+                   help="R, or R1/R2 (one per stage but the last); default: 1 for plain/dsn/dsn_dropout, "
+                   "else the training rho")
     p.add_argument("--rhos", type=rho_list, metavar="R1,R2,...",
                    help="sweep (a value may be per stage: 0.9/0.5): table (CSV, JSON) and plot (PNG)")
     p.add_argument("--budget", type=positive_float, metavar="X",

@@ -65,7 +65,8 @@ def per_stage(rho) -> bool:
 
 
 def fmt_rho(rho) -> str:
-    """0.7 -> "0.7"; [0.9, 0.5] -> "0.9/0.5" (the command line's spelling)."""
+    """0.7 -> "0.7"; [0.9, 0.5] -> "0.9/0.5": ``sparsecascade.rho.format_rho``'s spelling, written out here
+    because importing the package imports torch, which this script needs only to record the environment."""
     return "/".join(f"{v:g}" for v in rho) if per_stage(rho) else f"{rho:g}"
 
 

@@ -496,7 +496,7 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
                    "|---|---|---|---|---|---|---|" + ("---|" if speed else "")]
             for r in x.sweep:
                 s = r["stop_fractions"]
-                rho = f"{fmt_rho(r['rho'])}"
+                rho = fmt_rho(r["rho"])
                 if speed and default is not None and same_rho(r["rho"], default["rho"]):
                     rho = f"**{rho}**"
                 up = (f"{dense['ms_per_image'] / r['ms_per_image']:.2f}x | " if dense else "- | ") if speed else ""

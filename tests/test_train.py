@@ -286,6 +286,18 @@ def test_init_weights_starts_from_an_earlier_run(source, camvid_tiny, tmp_path):
     assert read_log(tmp_path / "b")[0]["lr"] == pytest.approx(1e-9)  # the schedule's start, not the earlier run's end
 
 
+def test_init_weights_does_not_read_backbone_weights(tmp_path):
+    """A warm restart replaces every weight, so a recipe's backbone file need not be there (recipe.md's
+    later parts run from an earlier part's weights); without init_weights the file is still required."""
+    from sparsecascade.train.builders import build_model
+
+    recipe = dict(model="lc_resnet18", dataset="camvid", backbone_weights=str(tmp_path / "gone.safetensors"))
+    with pytest.raises((FileNotFoundError, ValueError), match="gone.safetensors"):
+        build_model(TrainConfig(**recipe), 11)
+    model = build_model(TrainConfig(**recipe, init_weights=str(tmp_path / "earlier.pt")), 11)
+    assert isinstance(model, sc.LayerCascade) and model.heads[-1][-1].out_channels == 11
+
+
 def test_init_weights_refuses_other_weights(camvid_tiny, tmp_path):
     from safetensors.torch import save_file
 

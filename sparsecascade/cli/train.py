@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone-weights", dest="backbone_weights", default=S, metavar="FILE",
                    help="ImageNet checkpoint for the backbone")
     g.add_argument("--init-weights", dest="init_weights", default=S, metavar="FILE",
-                   help="every weight from an earlier run (last.pt or .safetensors); a fresh schedule")
+                   help="every weight from an earlier run (last.pt or .safetensors); a fresh schedule; "
+                        "--backbone-weights is then not read")
     g.add_argument("--bn-init-images", dest="bn_init_images", type=int, default=S, metavar="N",
                    help="from scratch: set the frozen BatchNorm statistics from N training images first")
     g.add_argument("--dataset", default=S, choices=["voc", "cityscapes", "camvid"], metavar="NAME",

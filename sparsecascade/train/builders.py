@@ -16,7 +16,8 @@ from .config import TrainConfig
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> LayerCascade:
-    """The model of ``cfg.model`` (a registered name, or "module:function")."""
+    """The model of ``cfg.model`` (a registered name, or "module:function"), with ``cfg.backbone_weights``
+    loaded unless ``cfg.init_weights`` will replace every weight."""
     kwargs = dict(cfg.model_kwargs)
     if ":" in cfg.model:
         module_name, _, fn_name = cfg.model.partition(":")
@@ -26,7 +27,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> LayerCascade:
             raise ValueError(f"model: cannot import {cfg.model!r} ({e}); expected 'package.module:function'") from None
         model = fn(num_classes=num_classes, **kwargs)
     else:
-        model = create_model(cfg.model, num_classes, rho=cfg.rho, backbone_weights=cfg.backbone_weights, **kwargs)
+        # init_weights replaces every weight (checked), so the backbone file is not read and need not exist
+        backbone = cfg.backbone_weights if cfg.init_weights is None else None
+        model = create_model(cfg.model, num_classes, rho=cfg.rho, backbone_weights=backbone, **kwargs)
     if not isinstance(model, LayerCascade):
         raise TypeError(f"model: {cfg.model!r} built a {type(model).__name__}, expected a LayerCascade")
     return model

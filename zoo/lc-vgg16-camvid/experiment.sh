@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The lc-vgg16-camvid experiment: the shipped LC run (900 steps, twice 400 more, then 750 at a rho per
 # stage and 1250 at the rho it ships at, each from the weights before), and LC with the paper's four
-# baselines (Table 2) on one shorter common budget (300 steps each), then every measurement of results.md. Run from the repository root; every part is
-# resumable (re-run it after a kill).
+# baselines (Table 2) on one shorter common budget (300 steps each), then every measurement of
+# results.md. Run from the repository root; every part is resumable (re-run it after a kill).
 #
 #   bash zoo/lc-vgg16-camvid/experiment.sh weights   # the HED VGG-16 file -> runs/hed_vgg16.safetensors
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-a   # the shipped LC run, five parts    (one core)

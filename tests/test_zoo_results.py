@@ -81,6 +81,8 @@ def full_experiment(folder: Path, lc=0.52, dsn=0.53, pole=0.1) -> None:
         train_files(folder, run, mode, steps, dsn_steps=dsn_steps, rho=rho)
         if run not in SHIPPED_PARTS:  # experiment.sh evaluates the shipped run by its sweep alone
             write(folder / "results" / run / "eval.json", evaluation(rho, miou, 800.0))
+    for run, miou in (("lc", lc), ("dsn", dsn)):  # Table 2's LC and DSN as cascades at the same rhos
+        write(folder / "results" / run / "rho_sweep.json", [evaluation(1.0, miou - 0.01, 800.0), evaluation(0.95, miou, 500.0)])
     for run in (SHIPPED, "dsn"):
         for k in (1, 2):
             write(folder / "results" / run / f"eval_head{k}.json", evaluation(1.0, 0.4 + 0.1 * k, 300.0 * k))
@@ -101,6 +103,7 @@ def test_nothing_measured_yet_is_said_not_crashed_on(tmp_path):
     assert "| DSN | training: step 45 of 300 |" in text
     assert "| LC (Deep Layer Cascade) | not evaluated |" in text
     assert "| LC, the shipped run, at the training rho | not run |" in text
+    assert "Not measured yet: `lc` not evaluated at these rhos; `dsn` training: step 45 of 300." in text
     assert "not measured" in text and "## Training runs, from their logs" in text
     assert "Not published yet" in text and "Not measured yet" in text
     assert mr.card_text(x).count("not measured") >= 4
@@ -186,6 +189,44 @@ def test_a_shipped_run_that_continues_another_reports_both(tmp_path):
     assert ("Its budget: 3700 steps of batch 8 (`lc_long` 900, then `lc_long_more` 400, then `lc_rho05` 400, then "
             "`lc_stage_rho` 750, then `lc_stage_rho_more` 1250, each run starting from the weights of the one before, "
             "with a fresh schedule): 29600 images, 80.7 epochs.") in text
+
+
+def test_lc_and_dsn_as_cascades_at_the_same_rhos(tmp_path):
+    """results_spec.json's matched sweeps: Table 2's LC and DSN each evaluated at the same rhos; the table
+    pairs them rho by rho with the difference, and the target compares each at the rho the default rule
+    picks from its own sweep (so at the same speed target, not at the same rho)."""
+    folder = experiment_copy(tmp_path)
+    full_experiment(folder)
+    text = mr.build(mr.Experiment(folder))
+    assert "| LC 52.0, DSN 53.0 (-1.0) | missed (-0.50 points) |" in text            # at their training rhos
+    assert "| LC 52.0 at 0.95, DSN 53.0 at 0.95 (-1.0) | missed (-0.50 points) |" in text  # at the rule's
+    #           rho, LC mIoU, LC ms, DSN mIoU, DSN ms
+    rows = [(1.0, 0.40, 800.0, 0.45, 790.0), (0.95, 0.44, 600.0, 0.43, 610.0),
+            ([0.95, 0.0], 0.47, 500.0, 0.44, 560.0), (0.5, 0.42, 400.0, 0.42, 420.0)]
+    write(folder / "results" / "lc" / "rho_sweep.json", [evaluation(r, m, t) for r, m, t, _, _ in rows])
+    dsn = [evaluation(r, m, t) for r, _, _, m, t in rows if r != 0.5]  # DSN lacks a row: said so
+    write(folder / "results" / "dsn" / "rho_sweep.json", dsn)
+    text = mr.build(mr.Experiment(folder))
+    assert "| 1 | 40.0 | 45.0 | -5.0 | 0.0 / 0.0 | 0.0 / 0.0 | 800.0 (1.00x) | 790.0 (1.00x) |" in text
+    assert "| 0.95/0 | 47.0 | 44.0 | +3.0 | 0.0 / 0.0 | 0.0 / 0.0 | 500.0 (1.60x) | 560.0 (1.41x) |" in text
+    assert "| 0.5 | 42.0 | not measured |" in text
+    assert "from -5.0 points (rho = 1) to +3.0 (rho = 0.95/0); LC ahead at 2 of 3 rhos." in text
+    # the rule (>= 1.5x its own rho = 1): LC's pick is 0.95/0 (1.60x); no DSN row is 1.5x faster than DSN's
+    # rho = 1 (0.95/0: 1.41x), so DSN's is its best mIoU no slower than rho = 1: rho = 1 itself (45.0)
+    assert "LC 47.0 at 0.95/0, DSN 45.0 at 1 (+2.0) | met (+2.50 points) |" in text
+
+
+def test_record_environment_writes_the_named_file_and_nothing_else(tmp_path):
+    folder = experiment_copy(tmp_path)
+    script = [sys.executable, str(REPO / "zoo" / "make_results.py"), str(folder), "--record-environment"]
+    out = subprocess.run(script + ["table2_environment.json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    env = json.loads((folder / "results" / "table2_environment.json").read_text())
+    assert env["torch"] and env["threads"] >= 1 and not (folder / "results" / "environment.json").exists()
+    bad = subprocess.run(script + ["../elsewhere.json"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--record-environment: expected a file name ending in .json" in bad.stderr
+    x = mr.Experiment(folder)
+    assert "Timings of the runs evaluated by `experiment.sh eval-b`: code at commit" in mr.build(x)
 
 
 def test_make_results_writes_results_md_and_the_card(tmp_path):

@@ -3,6 +3,7 @@
     python zoo/make_results.py zoo/lc-vgg16-camvid [--no-figures] [--markdown FILE] [--data-root DIR]
     python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho    # the rho `publish` ships
     python zoo/make_results.py zoo/lc-vgg16-camvid --record-environment   # results/environment.json
+    python zoo/make_results.py zoo/lc-vgg16-camvid --record-environment table2_environment.json
 
 Every number is read from a file; every file was written by a command given beside its table.
 What is experiment-specific lives in the experiment folder:
@@ -17,14 +18,17 @@ What is experiment-specific lives in the experiment folder:
 
 It reads ``results/<run>/{config.json,log.jsonl,eval.json,eval_head<K>.json}``, the sweep run's
 ``rho_sweep.json``, ``results/<run>/budget<B>/calibration.json``, ``results/shipped/eval.json``,
-``results/pictures/`` and ``results/environment.json``. A run that has not been trained or evaluated
+``results/pictures/``, ``results/environment.json`` (where the shipped run was timed) and
+``results/table2_environment.json`` (where Table 2's runs were, when ``eval-b`` ran apart). A run that has not been trained or evaluated
 yet is reported as such in the tables ("not run", "not evaluated", "training: step N of M"); nothing
 here needs every file to exist. With figures (the default) it also draws
 ``results/training_curves.png``, ``results/stage_distribution.png`` and ``results/stage_maps.png``.
 
 results_spec.json keys: ``name``, ``title``, ``runs_dir``, ``data_root``, ``eval_size``,
 ``train_images``, ``recipe``, ``main_run`` (the run whose config is ``cfg``), ``table2`` (``heading``,
-``runs`` as [run, label] pairs, ``paper``, ``default_row``), ``long_run`` (a run outside Table 2's
+``runs`` as [run, label] pairs, ``paper``, ``default_row``), ``matched`` (``heading``, ``runs``: two
+[run, label] pairs, LC's then DSN's, each with a ``rho_sweep.json`` over ``rhos``: both networks as
+cascades at the same rhos, on Table 2's budget), ``long_run`` (a run outside Table 2's
 budget: ``run``, ``label``, ``heads``, ``continues``: [run, label] pairs of the runs it started from,
 oldest first), ``sweep`` (``run``, ``rhos``, ``speedup``, ``per_class``),
 ``calibrations`` (budgets, as written in the folder names) and ``calibration_rhos``, ``default`` (``{"calibration": B}`` or
@@ -131,6 +135,11 @@ class Experiment:
                              for b in self.spec.get("calibrations", [])}
         self.shipped = self._file("shipped", "eval.json")
         self.environment = self._file("environment.json")
+        self.table2_environment = self._file("table2_environment.json")
+        matched = self.spec.get("matched") or {}
+        self.matched = [tuple(r) for r in matched.get("runs", [])]
+        self.matched_sweeps = {r: sorted(s, key=sweep_order) if (s := self._file(r, "rho_sweep.json")) else None
+                               for r, _ in self.matched}
         recipe = self.spec.get("recipe")
         self.recipe = load(REPO / recipe) if recipe and (REPO / recipe).is_file() else None
         main = self.spec.get("main_run")
@@ -364,6 +373,7 @@ def targets_section(x: Experiment, default: Optional[dict], why: str) -> list[st
     else:
         gaps = "; ".join(f"`{r}` {x.missing(r)}" for r, e in ((lc, e_lc), (dsn, e_dsn)) if not e)
         md.append(f"| {label} | not measured ({gaps}) | not measured |")
+    md += matched_target(x, t)
     need = t["min_speedup"]
     dense = row_at(x.sweep, 1.0, exact=True)
     label = f"LC >= {need:g}x faster than rho = 1, {where} (ms / image, the model's forward on the val images)"
@@ -373,13 +383,94 @@ def targets_section(x: Experiment, default: Optional[dict], why: str) -> list[st
                   f"{status(speedup - need, 'x', '+.2f')} |")
     else:
         md.append(f"| {label} | not measured ({why if default is None else 'no rho = 1 row'}) | not measured |")
-    commit = (x.environment or {}).get("commit")
-    md += ["", "Timings: " + (f"code at commit `{commit[:12]}`" + (" (with local changes)" if x.environment.get("dirty") else "")
-                              + f", {x.environment.get('cpu', '?')}, {x.environment.get('threads', '?')} threads, "
-                              f"torch {x.environment.get('torch', '?')} (`results/environment.json`)."
-                              if commit else "the machine and commit were not recorded (`results/environment.json` "
-                              "is written by `experiment.sh eval`)."), ""]
+    md += ["", "Timings: " + timings(x.environment, "environment.json"), ""]
     return md
+
+
+def timings(env: Optional[dict], name: str) -> str:
+    """Where the timings of results/<name> were taken: the commit, the CPU, its threads, torch."""
+    commit = (env or {}).get("commit")
+    if not commit:
+        return f"the machine and commit were not recorded (`results/{name}` is written by `experiment.sh eval`)."
+    return (f"code at commit `{commit[:12]}`" + (" (with local changes)" if env.get("dirty") else "")
+            + f", {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch {env.get('torch', '?')} "
+            f"(`results/{name}`).")
+
+
+def matched_picks(x: Experiment) -> Optional[list]:
+    """[(run, label, its sweep's row at the default rule's rho, why)] for LC and DSN of the matched
+    sweeps, or None while either sweep is missing."""
+    rule = x.spec.get("default", {}).get("min_speedup", 1.0)
+    picks = []
+    for run, label in x.matched:
+        sweep = x.matched_sweeps.get(run)
+        if not sweep:
+            return None
+        rho, why = pick_rho(sweep, rule)
+        picks.append((run, label, row_at(sweep, rho, exact=True), why))
+    return picks
+
+
+def matched_target(x: Experiment, t: dict) -> list[str]:
+    """LC against DSN on Table 2's budget, each as a cascade at the rho the default rule picks from its
+    own sweep (the same speed target for both)."""
+    if not x.matched:
+        return []
+    rule = x.spec.get("default", {}).get("min_speedup", 1.0)
+    label = (f"LC >= DSN - {100 * t['lc_vs_dsn']:g} mIoU at the same budget and the same speed target (each network "
+             f"as a cascade at its best rho at >= {rule:g}x the speed of its own rho = 1)")
+    picks = matched_picks(x)
+    if picks is None:
+        gaps = "; ".join(f"`{r}` has no rho sweep" for r, _ in x.matched if not x.matched_sweeps.get(r))
+        return [f"| {label} | not measured ({gaps}) | not measured |"]
+    (_, _, lc, _), (_, _, dsn, _) = picks
+    margin = lc["miou"] - (dsn["miou"] - t["lc_vs_dsn"])
+    return [f"| {label} | LC {pct(lc['miou'])} at {fmt_rho(lc['rho'])}, DSN {pct(dsn['miou'])} at {fmt_rho(dsn['rho'])} "
+            f"({100 * (lc['miou'] - dsn['miou']):+.1f}) | {'met' if margin >= 0 else 'missed'} ({100 * margin:+.2f} points) |"]
+
+
+def matched_section(x: Experiment) -> list[str]:
+    """LC and DSN of Table 2 run as cascades at the same rhos: what cascade training adds over
+    thresholding the heads of a network trained with deep supervision alone."""
+    spec = x.spec["matched"]
+    (lc, lc_label), (dsn, dsn_label) = x.matched
+    md = [f"## {spec['heading']}", "",
+          f"`{eval_command(x, '<run>', ' --rhos ' + spec['rhos'])}` for `<run>` = `{lc}` and `{dsn}` "
+          "(`results/<run>/rho_sweep.json`): both networks of Table 2 run as cascades at the same rhos. "
+          f"{lc_label} was trained as a cascade; {dsn_label}'s heads were trained on every pixel and are "
+          "thresholded at test time only. Speed-up: each network's ms at rho = 1 / ms.", ""]
+    lc_sweep, dsn_sweep = x.matched_sweeps.get(lc), x.matched_sweeps.get(dsn)
+    if not lc_sweep or not dsn_sweep:
+        gaps = "; ".join(f"`{r}` {x.missing(r) if x.training_state(r) else 'not evaluated at these rhos'}"
+                         for r, sw in ((lc, lc_sweep), (dsn, dsn_sweep)) if not sw)
+        return md + [f"Not measured yet: {gaps}.", ""]
+    dense = {r: row_at(sw, 1.0, exact=True) for r, sw in ((lc, lc_sweep), (dsn, dsn_sweep))}
+    up = lambda run, r: f"{dense[run]['ms_per_image'] / r['ms_per_image']:.2f}x" if dense[run] else "-"  # noqa: E731
+    md += ["| rho | LC mIoU (%) | DSN mIoU (%) | LC - DSN (points) | LC stopped at stages 1 / 2 (%) | "
+           "DSN stopped at stages 1 / 2 (%) | LC ms / image (speed-up) | DSN ms / image (speed-up) |",
+           "|---|---|---|---|---|---|---|---|"]
+    gaps = []
+    for r in lc_sweep:
+        d = row_at(dsn_sweep, r["rho"], exact=True)
+        if d is None:
+            md.append(f"| {fmt_rho(r['rho'])} | {pct(r['miou'])} | not measured | | | | | |")
+            continue
+        gaps.append((r["miou"] - d["miou"], r["rho"]))
+        md.append(f"| {fmt_rho(r['rho'])} | {pct(r['miou'])} | {pct(d['miou'])} | {100 * (r['miou'] - d['miou']):+.1f} | "
+                  f"{pct(r['stop_fractions'][0])} / {pct(r['stop_fractions'][1])} | "
+                  f"{pct(d['stop_fractions'][0])} / {pct(d['stop_fractions'][1])} | "
+                  f"{ms(r)} ({up(lc, r)}) | {ms(d)} ({up(dsn, d)}) |")
+    if gaps:
+        lo, hi = min(gaps), max(gaps)
+        ahead = sum(g > 0 for g, _ in gaps)
+        md += ["", f"LC - DSN at the same rho: from {100 * lo[0]:+.1f} points (rho = {fmt_rho(lo[1])}) to "
+               f"{100 * hi[0]:+.1f} (rho = {fmt_rho(hi[1])}); LC ahead at {ahead} of {len(gaps)} rhos."]
+    picks = matched_picks(x)
+    if picks:
+        md += ["At the default rule of the shipped model (" + picks[0][3] + ", from each network's own sweep): "
+               + "; ".join(f"{label} {pct(r['miou'])} at rho = {fmt_rho(r['rho'])} ({up(run, r)})"
+                           for run, label, r, _ in picks) + "."]
+    return md + [""]
 
 
 def training_summary(x: Experiment, labels: dict) -> list[str]:
@@ -475,6 +566,11 @@ def build(x: Experiment, figures: bool = False, data_root: Optional[Path] = None
             md.append(f"| {label} | " + (" | ".join(pct(v) for v in e["iou"]) if e else
                                          x.missing(run) + " |" * (len(class_names) - 1)) + " |")
 
+    if x.table2_environment:
+        md += ["", "Timings of the runs evaluated by `experiment.sh eval-b`: " + timings(x.table2_environment,
+                                                                                   "table2_environment.json")]
+    if x.matched:
+        md += [""] + matched_section(x)
     if x.long:
         md += long_run_section(x, default, why, labels, class_names)
 
@@ -698,8 +794,8 @@ def card_text(x: Experiment) -> Optional[str]:
     return text[:start] + "\n".join(lines) + text[end:]
 
 
-def record_environment(x: Experiment) -> Path:
-    """results/environment.json: the commit, torch, the CPU and its threads the timings were taken with."""
+def record_environment(x: Experiment, name: str = "environment.json") -> Path:
+    """results/<name>: the commit, torch, the CPU and its threads the timings were taken with."""
     import datetime
     import platform
     import subprocess
@@ -722,7 +818,7 @@ def record_environment(x: Experiment) -> Path:
                torch=torch.__version__, cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     x.results.mkdir(parents=True, exist_ok=True)
-    path = x.results / "environment.json"
+    path = x.results / name
     path.write_text(json.dumps(env, indent=2) + "\n")
     return path
 
@@ -739,14 +835,17 @@ def main(argv=None) -> int:
                         help="leave README.md's generated block as it is")
     parser.add_argument("--print-default-rho", action="store_true",
                         help="print the rho the default rule picks from the sweep, and nothing else")
-    parser.add_argument("--record-environment", action="store_true",
-                        help="write results/environment.json (commit, torch, CPU, threads) and nothing else")
+    parser.add_argument("--record-environment", nargs="?", const="environment.json", metavar="NAME",
+                        help="write results/NAME (commit, torch, CPU, threads; default environment.json, where the "
+                             "shipped run is timed) and nothing else")
     args = parser.parse_args(argv)
     if not (args.experiment / SPEC_NAME).is_file():
         parser.error(f"{args.experiment}: expected an experiment folder with {SPEC_NAME}")
     x = Experiment(args.experiment)
     if args.record_environment:
-        print(f"wrote {record_environment(x)}")
+        if Path(args.record_environment).name != args.record_environment or not args.record_environment.endswith(".json"):
+            parser.error(f"--record-environment: expected a file name ending in .json, got {args.record_environment!r}")
+        print(f"wrote {record_environment(x, args.record_environment)}")
         return 0
     if args.print_default_rho:
         default, why = x.default(published=False)  # for the publish to come, not the last one

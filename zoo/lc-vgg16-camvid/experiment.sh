@@ -9,6 +9,7 @@
 #   bash zoo/lc-vgg16-camvid/experiment.sh train-b   # the five 300-step runs of Table 2 (the other core)
 #   THREADS=2 bash zoo/lc-vgg16-camvid/experiment.sh train-c   # lc_xl, a longer candidate (~8 h at 2 threads)
 #   bash zoo/lc-vgg16-camvid/experiment.sh eval      # on an otherwise idle machine: it times
+#        (eval-a: the shipped run alone; eval-b: Table 2's runs alone, and its LC and DSN at the same rhos)
 #   bash zoo/lc-vgg16-camvid/experiment.sh publish   # fp16 weights -> the package (replacing lc-resnet18-camvid's)
 #   python zoo/make_results.py zoo/lc-vgg16-camvid   # results.md and the card's tables from the files eval wrote
 #
@@ -22,10 +23,13 @@ RECIPE=recipes/camvid_lc_vgg16.json
 RUNS=${RUNS:-runs/camvid_vgg16}
 RESULTS=zoo/lc-vgg16-camvid/results
 SIZE="270 360"   # evaluation input (0.75 of 360x480, the middle of the training scales); labels stay full size
-# as results_spec.json's sweep.rhos: one rho for every stage (Table 1), then one per stage (stage 1 / stage 2;
-# stage 2 at 0: every pixel that stage 1 does not stop is decided at stage 2, stage 3 never runs; with stage 2
-# at 0, stage 1 takes the values of Table 1 from 0.8 up: stage 2 alone beat 0.95/0 after the fifth part)
-RHOS=1,0.995,0.985,0.97,0.95,0.9,0.8,0.7,0.6,0.5,0.95/0.5,0.9/0.5,0.8/0.5,0.95/0.7,0.9/0.7,0.8/0.7,0.95/0.3,0.9/0.3,0.995/0,0.985/0,0.97/0,0.95/0,0.9/0,0.8/0
+# the rhos, from results_spec.json (what results.md reports): sweep.rhos, the shipped run's, one rho for every
+# stage (Table 1), then one per stage (stage 1 / stage 2; stage 2 at 0: every pixel that stage 1 does not stop
+# is decided at stage 2, stage 3 never runs); matched.rhos, Table 2's LC and DSN both as cascades
+spec() { python -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["rhos"])' \
+    zoo/lc-vgg16-camvid/results_spec.json "$1"; }
+RHOS=$(spec sweep)
+MATCHED_RHOS=$(spec matched)
 SHORT="--steps 300 --dsn-steps 200"   # Table 2's common budget (2400 images, 6.5 epochs)
 # the shipped run's second part: a warm restart from lc_long's weights (fresh optimizer and schedule)
 MORE="--init-weights $RUNS/lc_long/last.pt --steps 400 --dsn-steps 250 --lr 0.0005"
@@ -95,18 +99,24 @@ case "${1:-}" in
         train plain --mode plain $SHORT
         train dsn_dropout --mode dsn_dropout $SHORT
         train model_cascade --mode model_cascade $SHORT ;;
-    eval)
+    eval) bash "$0" eval-a && bash "$0" eval-b ;;
+    eval-a)                                                                   # the shipped run
         python zoo/make_results.py zoo/lc-vgg16-camvid --record-environment   # commit, torch, CPU, threads
-        for name in plain dsn dsn_dropout model_cascade lc; do                # Table 2 (300 steps each)
-            if finished "$name"; then evaluate "$name"; fi
-        done
         for name in lc_long lc_long_more lc_rho05 lc_stage_rho; do finished $name || true; done   # their logs into the results
-        if finished $SHIPPED; then                                            # the shipped run
+        if finished $SHIPPED; then
             evaluate $SHIPPED --rhos "$RHOS"                                  # Tables 1 and 3, the default rho
             for k in 1 2; do evaluate $SHIPPED --head $k; done                # each head alone (3: rho = 1)
             rho=${RHO:-$(python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho)}   # as publish
             evaluate $SHIPPED --split train --rho "$rho" --out "$RESULTS/$SHIPPED/train_split"   # underfit?
-        fi
+        fi ;;
+    eval-b)                                                                   # Table 2 (300 steps each)
+        python zoo/make_results.py zoo/lc-vgg16-camvid --record-environment table2_environment.json
+        for name in plain dsn dsn_dropout model_cascade lc; do
+            if finished "$name"; then evaluate "$name"; fi
+        done
+        for name in lc dsn; do                                                # both as cascades, the same rhos
+            if finished $name; then evaluate $name --rhos "$MATCHED_RHOS"; fi
+        done
         if finished dsn; then for k in 1 2; do evaluate dsn --head $k; done; fi ;;
     publish)
         # the default rho: the best val mIoU at >= 1.5x the speed of rho = 1 (results_spec.json; RHO=... overrides)
@@ -122,5 +132,5 @@ case "${1:-}" in
             --out "$RESULTS/pictures"
         echo "next: python zoo/make_results.py zoo/lc-vgg16-camvid, then"
         echo "  git add sparsecascade/weights/lc-vgg16-camvid zoo/lc-vgg16-camvid zoo/lc-resnet18-camvid && git commit" ;;
-    *) echo "usage: $0 weights | train-a | train-b | train-c | eval | publish" >&2; exit 2 ;;
+    *) echo "usage: $0 weights | train-a | train-b | train-c | eval | eval-a | eval-b | publish" >&2; exit 2 ;;
 esac

@@ -214,6 +214,8 @@ def test_lc_and_dsn_as_cascades_at_the_same_rhos(tmp_path):
     # the rule (>= 1.5x its own rho = 1): LC's pick is 0.95/0 (1.60x); no DSN row is 1.5x faster than DSN's
     # rho = 1 (0.95/0: 1.41x), so DSN's is its best mIoU no slower than rho = 1: rho = 1 itself (45.0)
     assert "LC 47.0 at 0.95/0, DSN 45.0 at 1 (+2.0) | met (+2.50 points) |" in text
+    assert ("Each at the shipped model's rule for its default rho, applied to its own sweep: LC 47.0 at rho = 0.95/0 "
+            "(1.60x: the best mIoU at >= 1.5x the speed of rho = 1); DSN 45.0 at rho = 1 (1.00x: no rho reached") in text
 
 
 def test_record_environment_writes_the_named_file_and_nothing_else(tmp_path):

@@ -467,9 +467,9 @@ def matched_section(x: Experiment) -> list[str]:
                f"{100 * hi[0]:+.1f} (rho = {fmt_rho(hi[1])}); LC ahead at {ahead} of {len(gaps)} rhos."]
     picks = matched_picks(x)
     if picks:
-        md += ["At the default rule of the shipped model (" + picks[0][3] + ", from each network's own sweep): "
-               + "; ".join(f"{label} {pct(r['miou'])} at rho = {fmt_rho(r['rho'])} ({up(run, r)})"
-                           for run, label, r, _ in picks) + "."]
+        md += ["Each at the shipped model's rule for its default rho, applied to its own sweep: "
+               + "; ".join(f"{label} {pct(r['miou'])} at rho = {fmt_rho(r['rho'])} ({up(run, r)}: {why})"
+                           for run, label, r, why in picks) + "."]
     return md + [""]
 
 

@@ -83,7 +83,7 @@ def full_experiment(folder: Path, lc=0.52, dsn=0.53, pole=0.1) -> None:
             write(folder / "results" / run / "eval.json", evaluation(rho, miou, 800.0))
     for run, miou in (("lc", lc), ("dsn", dsn)):  # Table 2's LC and DSN as cascades at the same rhos
         write(folder / "results" / run / "rho_sweep.json", [evaluation(1.0, miou - 0.01, 800.0), evaluation(0.95, miou, 500.0)])
-    for run in (SHIPPED, "dsn"):
+    for run in (SHIPPED, "lc", "dsn"):
         for k in (1, 2):
             write(folder / "results" / run / f"eval_head{k}.json", evaluation(1.0, 0.4 + 0.1 * k, 300.0 * k))
     iou = lambda m: [m] * 2 + [pole] + [m] * 8  # noqa: E731
@@ -199,7 +199,7 @@ def test_lc_and_dsn_as_cascades_at_the_same_rhos(tmp_path):
     full_experiment(folder)
     text = mr.build(mr.Experiment(folder))
     assert "| LC 52.0, DSN 53.0 (-1.0) | missed (-0.50 points) |" in text            # at their training rhos
-    assert "| LC 52.0 at 0.95, DSN 53.0 at 0.95 (-1.0) | missed (-0.50 points) |" in text  # at the rule's
+    assert "| LC 52.0 at 0.95, DSN 53.0 at 0.95 (-1.00) | missed (-0.50 points) |" in text  # at the rule's
     #           rho, LC mIoU, LC ms, DSN mIoU, DSN ms
     rows = [(1.0, 0.40, 800.0, 0.45, 790.0), (0.95, 0.44, 600.0, 0.43, 610.0),
             ([0.95, 0.0], 0.47, 500.0, 0.44, 560.0), (0.5, 0.42, 400.0, 0.42, 420.0)]
@@ -213,7 +213,7 @@ def test_lc_and_dsn_as_cascades_at_the_same_rhos(tmp_path):
     assert "from -5.0 points (rho = 1) to +3.0 (rho = 0.95/0); LC ahead at 2 of 3 rhos." in text
     # the rule (>= 1.5x its own rho = 1): LC's pick is 0.95/0 (1.60x); no DSN row is 1.5x faster than DSN's
     # rho = 1 (0.95/0: 1.41x), so DSN's is its best mIoU no slower than rho = 1: rho = 1 itself (45.0)
-    assert "LC 47.0 at 0.95/0, DSN 45.0 at 1 (+2.0) | met (+2.50 points) |" in text
+    assert "LC 47.0 at 0.95/0, DSN 45.0 at 1 (+2.00) | met (+2.50 points) |" in text
     assert ("Each at the shipped model's rule for its default rho, applied to its own sweep: LC 47.0 at rho = 0.95/0 "
             "(1.60x: the best mIoU at >= 1.5x the speed of rho = 1); DSN 45.0 at rho = 1 (1.00x: no rho reached") in text
 

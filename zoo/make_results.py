@@ -426,7 +426,7 @@ def matched_target(x: Experiment, t: dict) -> list[str]:
     (_, _, lc, _), (_, _, dsn, _) = picks
     margin = lc["miou"] - (dsn["miou"] - t["lc_vs_dsn"])
     return [f"| {label} | LC {pct(lc['miou'])} at {fmt_rho(lc['rho'])}, DSN {pct(dsn['miou'])} at {fmt_rho(dsn['rho'])} "
-            f"({100 * (lc['miou'] - dsn['miou']):+.1f}) | {'met' if margin >= 0 else 'missed'} ({100 * margin:+.2f} points) |"]
+            f"({100 * (lc['miou'] - dsn['miou']):+.2f}) | {'met' if margin >= 0 else 'missed'} ({100 * margin:+.2f} points) |"]
 
 
 def matched_section(x: Experiment) -> list[str]:
@@ -443,7 +443,7 @@ def matched_section(x: Experiment) -> list[str]:
     if not lc_sweep or not dsn_sweep:
         gaps = "; ".join(f"`{r}` {x.missing(r) if x.training_state(r) else 'not evaluated at these rhos'}"
                          for r, sw in ((lc, lc_sweep), (dsn, dsn_sweep)) if not sw)
-        return md + [f"Not measured yet: {gaps}.", ""]
+        return md + [f"Not measured yet: {gaps}."]
     dense = {r: row_at(sw, 1.0, exact=True) for r, sw in ((lc, lc_sweep), (dsn, dsn_sweep))}
     up = lambda run, r: f"{dense[run]['ms_per_image'] / r['ms_per_image']:.2f}x" if dense[run] else "-"  # noqa: E731
     md += ["| rho | LC mIoU (%) | DSN mIoU (%) | LC - DSN (points) | LC stopped at stages 1 / 2 (%) | "
@@ -470,7 +470,7 @@ def matched_section(x: Experiment) -> list[str]:
         md += ["Each at the shipped model's rule for its default rho, applied to its own sweep: "
                + "; ".join(f"{label} {pct(r['miou'])} at rho = {fmt_rho(r['rho'])} ({up(run, r)}: {why})"
                            for run, label, r, why in picks) + "."]
-    return md + [""]
+    return md
 
 
 def training_summary(x: Experiment, labels: dict) -> list[str]:

@@ -117,7 +117,9 @@ case "${1:-}" in
         for name in lc dsn; do                                                # both as cascades, the same rhos
             if finished $name; then evaluate $name --rhos "$MATCHED_RHOS"; fi
         done
-        if finished dsn; then for k in 1 2; do evaluate dsn --head $k; done; fi ;;
+        for name in lc dsn; do                                                # each head alone (3: rho = 1)
+            if finished $name; then for k in 1 2; do evaluate $name --head $k; done; fi
+        done ;;
     publish)
         # the default rho: the best val mIoU at >= 1.5x the speed of rho = 1 (results_spec.json; RHO=... overrides)
         rho=${RHO:-$(python zoo/make_results.py zoo/lc-vgg16-camvid --print-default-rho)}

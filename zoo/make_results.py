@@ -19,9 +19,9 @@ What is experiment-specific lives in the experiment folder:
 It reads ``results/<run>/{config.json,log.jsonl,eval.json,eval_head<K>.json}``, the sweep run's
 ``rho_sweep.json``, ``results/<run>/budget<B>/calibration.json``, ``results/shipped/eval.json``,
 ``results/pictures/``, ``results/environment.json`` (where the shipped run was timed) and
-``results/table2_environment.json`` (where Table 2's runs were, when ``eval-b`` ran apart). A run that has not been trained or evaluated
-yet is reported as such in the tables ("not run", "not evaluated", "training: step N of M"); nothing
-here needs every file to exist. With figures (the default) it also draws
+``results/table2_environment.json`` (where Table 2's runs were, when ``eval-b`` ran apart). A run that
+has not been trained or evaluated yet is reported as such in the tables ("not run", "not evaluated",
+"training: step N of M"); nothing here needs every file to exist. With figures (the default) it also draws
 ``results/training_curves.png``, ``results/stage_distribution.png`` and ``results/stage_maps.png``.
 
 results_spec.json keys: ``name``, ``title``, ``runs_dir``, ``data_root``, ``eval_size``,
@@ -446,8 +446,9 @@ def matched_section(x: Experiment) -> list[str]:
         return md + [f"Not measured yet: {gaps}."]
     dense = {r: row_at(sw, 1.0, exact=True) for r, sw in ((lc, lc_sweep), (dsn, dsn_sweep))}
     up = lambda run, r: f"{dense[run]['ms_per_image'] / r['ms_per_image']:.2f}x" if dense[run] else "-"  # noqa: E731
-    md += ["| rho | LC mIoU (%) | DSN mIoU (%) | LC - DSN (points) | LC stopped at stages 1 / 2 (%) | "
-           "DSN stopped at stages 1 / 2 (%) | LC ms / image (speed-up) | DSN ms / image (speed-up) |",
+    a, b = lc_label, dsn_label
+    md += [f"| rho | {a} mIoU (%) | {b} mIoU (%) | {a} - {b} (points) | {a} stopped at stages 1 / 2 (%) | "
+           f"{b} stopped at stages 1 / 2 (%) | {a} ms / image (speed-up) | {b} ms / image (speed-up) |",
            "|---|---|---|---|---|---|---|---|"]
     gaps = []
     for r in lc_sweep:
@@ -463,8 +464,8 @@ def matched_section(x: Experiment) -> list[str]:
     if gaps:
         lo, hi = min(gaps), max(gaps)
         ahead = sum(g > 0 for g, _ in gaps)
-        md += ["", f"LC - DSN at the same rho: from {100 * lo[0]:+.1f} points (rho = {fmt_rho(lo[1])}) to "
-               f"{100 * hi[0]:+.1f} (rho = {fmt_rho(hi[1])}); LC ahead at {ahead} of {len(gaps)} rhos."]
+        md += ["", f"{a} - {b} at the same rho: from {100 * lo[0]:+.1f} points (rho = {fmt_rho(lo[1])}) to "
+               f"{100 * hi[0]:+.1f} (rho = {fmt_rho(hi[1])}); {a} ahead at {ahead} of {len(gaps)} rhos."]
     picks = matched_picks(x)
     if picks:
         md += ["Each at the shipped model's rule for its default rho, applied to its own sweep: "

@@ -334,6 +334,11 @@ def ms(r) -> str:
     return f"{r['ms_per_image']:.1f}"
 
 
+def status(margin: float, unit: str, fmt: str = "+.2f") -> str:
+    """A target's verdict: met or missed, with the margin."""
+    return f"{'met' if margin >= 0 else 'missed'} ({format(margin, fmt)}{unit})"
+
+
 def targets_section(x: Experiment, default: Optional[dict], why: str) -> list[str]:
     """The issue's targets, each met or missed with its margin; "not measured" where a file is missing."""
     t = x.spec["targets"]
@@ -345,9 +350,6 @@ def targets_section(x: Experiment, default: Optional[dict], why: str) -> list[st
           + " A run shown as \"not run\" has no log in `results/<run>/` yet (`experiment.sh` copies it there "
           "when the run has finished).", "",
           "| target | measured | status |", "|---|---|---|"]
-
-    def status(margin: float, unit: str, fmt: str = "+.2f") -> str:
-        return f"{'met' if margin >= 0 else 'missed'} ({format(margin, fmt)}{unit})"
 
     lo, hi = t["miou"]  # the floor and the goal
     if default is not None:
@@ -426,7 +428,7 @@ def matched_target(x: Experiment, t: dict) -> list[str]:
     (_, _, lc, _), (_, _, dsn, _) = picks
     margin = lc["miou"] - (dsn["miou"] - t["lc_vs_dsn"])
     return [f"| {label} | LC {pct(lc['miou'])} at {fmt_rho(lc['rho'])}, DSN {pct(dsn['miou'])} at {fmt_rho(dsn['rho'])} "
-            f"({100 * (lc['miou'] - dsn['miou']):+.2f}) | {'met' if margin >= 0 else 'missed'} ({100 * margin:+.2f} points) |"]
+            f"({100 * (lc['miou'] - dsn['miou']):+.2f}) | {status(100 * margin, ' points')} |"]
 
 
 def matched_section(x: Experiment) -> list[str]:

@@ -39,6 +39,7 @@ CONVERTERS = "tests/test_converters.py"
 SKIP = "tests/test_region_skip.py"
 CONFIDENCE = "tests/test_confidence.py"
 ENGINE = "tests/test_engine.py"
+INPUT_INDEX = "tests/test_region_conv.py::test_triton_backward_builds_the_input_index_once_per_geometry"
 
 MUTATIONS = [
     Mutation("Bottleneck converter: residual add removed", "sparsecascade/models/resnet.py",
@@ -109,6 +110,14 @@ MUTATIONS = [
     Mutation("Triton launches never reuse the autotuner's choice (its wrappers on every call)",
              "kernels/region_conv/triton_common.py", "    chosen = _CHOSEN.get(key)\n", "    chosen = None\n",
              ("tests/test_triton_kernels.py::test_repeat_launch_skips_the_autotuner",)),
+    Mutation("Triton backward rebuilds the input-side index in every layer (no cache)",
+             "sparsecascade/ops/region_conv.py", "            input_rows, input_pos = index.input_index(geometry)\n",
+             "            pass\n", (f"{INPUT_INDEX}",)),
+    Mutation("input-side index cached by kernel size alone (a dilated layer reads another's)",
+             "sparsecascade/ops/region_index.py",
+             "table = self._inputs.get(geometry)\n        if table is None:\n            table = self._inputs[geometry] =",
+             "table = self._inputs.get(geometry.taps)\n        if table is None:\n            table = self._inputs[geometry.taps] =",
+             (f"{INPUT_INDEX}",)),
 ]
 
 

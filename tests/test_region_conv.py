@@ -196,3 +196,47 @@ def test_eager_training_skips_the_ops_dispatch_and_the_registered_op_keeps_its_g
     monkeypatch.setattr(region_conv_module._RegionConv2dFunction, "apply", region_conv_module._region_conv2d_op)
     assert "sparsecascade.region_conv2d.default" in _ops_dispatched(step)  # the op path, as compile meets it
     assert torch.autograd.gradcheck(conv, (x, w, b, r))
+
+
+@pytest.mark.skipif(not TRITON_RUNS, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_triton_backward_builds_the_input_index_once_per_geometry(monkeypatch):
+    """Training on the Triton kernels: the backward's input-side index is built once per (active set,
+    geometry) and shared by the layers of that geometry, and each layer gets its own geometry's
+    index: the gradients equal those of the dense reference (every layer dense, then masked)."""
+    from sparsecascade.kernels.region_conv import triton_backward
+    from sparsecascade.nn import active_region, convert_to_region
+
+    builds = []
+    real = triton_backward.build_input_index
+
+    def counting(idx, geometry, n_img, **kwargs):
+        if not geometry.is_pointwise:  # a pointwise conv's index is (idx, None): nothing to build
+            builds.append(geometry)
+        return real(idx, geometry, n_img, **kwargs)
+
+    monkeypatch.setattr(triton_backward, "build_input_index", counting)
+    gen = torch.Generator().manual_seed(7)
+    layers = [torch.nn.Conv2d(6, 6, 3, padding=1), torch.nn.Conv2d(6, 6, 3, padding=1),  # one geometry
+              torch.nn.Conv2d(6, 6, 3, padding=2, dilation=2), torch.nn.Conv2d(6, 4, 1)]  # two others
+    for layer in layers:
+        for p in layer.parameters():
+            p.data = torch.randn(p.shape, generator=gen) * 0.3
+    model = convert_to_region(torch.nn.Sequential(*layers))
+    x = torch.randn(2, 6, 9, 11, generator=gen)
+    index = sc.ops.RegionIndex(make_mask("clustered", 2, 9, 11, gen))
+    g = torch.randn(2, 4, 9, 11, generator=gen)
+
+    def grads(backend):
+        xr = x.clone().requires_grad_()
+        with active_region(index, backend):
+            out = model(xr)
+        params = list(model.parameters())
+        return torch.autograd.grad((out * g).sum(), [xr] + params)
+
+    builds.clear()
+    got = grads("triton")
+    # the 3x3 geometry once for two layers, the dilated one once; the pointwise layer needs none
+    assert sorted(builds, key=repr) == sorted({ConvGeometry(9, 11, 3, 3, 1, 1, 1, 1),
+                                               ConvGeometry(9, 11, 3, 3, 2, 2, 2, 2)}, key=repr)
+    for a, b in zip(got, grads("dense")):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -58,6 +58,13 @@ def triton_region_conv():
     return region_conv2d_forward_triton, region_conv2d_backward_triton
 
 
+def triton_input_index():
+    """``build_input_index``: the Triton backward's input-side index of an active set."""
+    from ..kernels.region_conv.triton_backward import build_input_index
+
+    return build_input_index
+
+
 def triton_confidence():
     from ..kernels.confidence.triton_kernel import confidence_threshold_forward_triton
 

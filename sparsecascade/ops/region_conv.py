@@ -165,6 +165,8 @@ def _region_conv2d_forward(
     idx: Optional[torch.Tensor],
     tap_rows: Optional[torch.Tensor],
     tap_padding: Optional[torch.Tensor],
+    input_rows: Optional[torch.Tensor],
+    input_pos: Optional[torch.Tensor],
     scale: Optional[torch.Tensor],
     shift: Optional[torch.Tensor],
     residual: Optional[torch.Tensor],
@@ -213,8 +215,8 @@ _region_conv2d_op = torch.library.custom_op("sparsecascade::region_conv2d", muta
 
 
 @_region_conv2d_op.register_fake
-def _(x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
-      backend, dense_fallback):
+def _(x, weight, bias, mask, idx, tap_rows, tap_padding, input_rows, input_pos, scale, shift, residual, padding,
+      dilation, res_scale, relu, backend, dense_fallback):
     geometry = _geometry_of(x, weight, padding, dilation)
     shape = (x.shape[0], weight.shape[0], geometry.out_height, geometry.out_width)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
@@ -229,6 +231,8 @@ def _region_conv2d_backward(
     idx: Optional[torch.Tensor],
     tap_rows: Optional[torch.Tensor],
     tap_padding: Optional[torch.Tensor],
+    input_rows: Optional[torch.Tensor],
+    input_pos: Optional[torch.Tensor],
     scale: Optional[torch.Tensor],
     padding: Sequence[int],
     dilation: Sequence[int],
@@ -275,7 +279,9 @@ def _region_conv2d_backward(
             w_khwc = weight.permute(2, 3, 1, 0)
             needs = dict(need_input=needs_input_grad, need_weight=needs_weight_grad)
             if backend == "triton":
-                gx, gw = triton_region_conv()[1](g_conv.contiguous(), _nhwc(x), w_khwc, idx, geometry, **needs)
+                input_index = None if input_rows is None else (input_rows, input_pos)
+                gx, gw = triton_region_conv()[1](g_conv.contiguous(), _nhwc(x), w_khwc, idx, geometry,
+                                                 input_index=input_index, **needs)
             else:
                 gx, gw = region_conv2d_backward_torch(g_conv.contiguous(), _nhwc(x), w_khwc, idx, geometry,
                                                       taps=_taps(tap_rows, tap_padding), **needs)
@@ -291,8 +297,8 @@ _region_conv2d_backward_op = torch.library.custom_op("sparsecascade::region_conv
 
 
 @_region_conv2d_backward_op.register_fake
-def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding, dilation, res_scale, relu,
-      has_bias, has_residual, needs_input_grad, needs_weight_grad, backend, dense_fallback):
+def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, input_rows, input_pos, scale, padding, dilation,
+      res_scale, relu, has_bias, has_residual, needs_input_grad, needs_weight_grad, backend, dense_fallback):
     return (
         torch.empty_like(x) if needs_input_grad else x.new_empty(0),
         torch.empty_like(weight) if needs_weight_grad else x.new_empty(0),
@@ -302,29 +308,31 @@ def _(grad_out, out, x, weight, mask, idx, tap_rows, tap_padding, scale, padding
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weight, bias, mask, idx, tap_rows, tap_padding, scale, shift, residual, padding, dilation, res_scale, relu,
-     backend, dense_fallback) = inputs
-    ctx.save_for_backward(x, weight, mask, idx, tap_rows, tap_padding, scale, output if relu else None)
+    (x, weight, bias, mask, idx, tap_rows, tap_padding, input_rows, input_pos, scale, shift, residual, padding,
+     dilation, res_scale, relu, backend, dense_fallback) = inputs
+    ctx.save_for_backward(x, weight, mask, idx, tap_rows, tap_padding, input_rows, input_pos, scale,
+                          output if relu else None)
     ctx.options = (padding, dilation, res_scale, relu, bias is not None, residual is not None, backend, dense_fallback)
 
 
 def _backward(ctx, grad_out):
-    x, weight, mask, idx, tap_rows, tap_padding, scale, out = ctx.saved_tensors
+    x, weight, mask, idx, tap_rows, tap_padding, input_rows, input_pos, scale, out = ctx.saved_tensors
     padding, dilation, res_scale, relu, has_bias, has_residual, backend, dense_fallback = ctx.options
     needs = ctx.needs_input_grad
     # Eager, first-order: the function itself. The op (what torch.compile traces, and what a double
     # backward meets: no derivative of its own) costs its dispatch, more than a small layer's kernels.
     eager = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
     grad_x, grad_w, grad_b, grad_r = (_region_conv2d_backward if eager else _region_conv2d_backward_op)(
-        grad_out, out if out is not None else grad_out, x, weight, mask, idx, tap_rows, tap_padding, scale,
-        padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend, dense_fallback,
+        grad_out, out if out is not None else grad_out, x, weight, mask, idx, tap_rows, tap_padding, input_rows,
+        input_pos, scale, padding, dilation, res_scale, relu, has_bias, has_residual, needs[0], needs[1], backend,
+        dense_fallback,
     )
     return (
         grad_x if needs[0] else None,
         grad_w if needs[1] else None,
         grad_b if has_bias and needs[2] else None,
-        None, None, None, None, None, None,
-        grad_r if has_residual and needs[9] else None,
+        None, None, None, None, None, None, None, None,  # mask, idx, the index tables, scale, shift
+        grad_r if has_residual and needs[11] else None,
         None, None, None, None, None, None,
     )
 
@@ -397,19 +405,26 @@ def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex
     mask under ``torch.compile``."""
     index = region if isinstance(region, RegionIndex) else None
     kernel_backend, dense_fallback = _kernel_backend(backend, input.device)
-    tap_rows = tap_padding = idx = None
+    compiling = torch.compiler.is_compiling()
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias, residual))
+    tap_rows = tap_padding = input_rows = input_pos = idx = None
     if index is not None:
         idx = index.rows
-        if (kernel_backend != "triton" and not geometry.is_pointwise and index.count
-                and not _use_dense(dense_fallback, index.count, index.numel)):
+        gathers = (not geometry.is_pointwise and index.count > 0
+                   and not _use_dense(dense_fallback, index.count, index.numel))
+        if gathers and kernel_backend != "triton":
             tap_rows, tap_padding = index.taps(geometry)
-    args = (input, weight, bias, region if index is None else index.mask, idx, tap_rows, tap_padding, scale, shift,
-            residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
+        elif gathers and training and input.requires_grad and not compiling:
+            # the Triton backward's input-side index, shared by every layer of this geometry on this
+            # set (built per call it cost as much GPU time as the backward's kernels: validate.py kernels)
+            input_rows, input_pos = index.input_index(geometry)
+    args = (input, weight, bias, region if index is None else index.mask, idx, tap_rows, tap_padding, input_rows,
+            input_pos, scale, shift, residual, [geometry.pad_h, geometry.pad_w], [geometry.dil_h, geometry.dil_w],
             float(res_scale), bool(relu), kernel_backend, dense_fallback)
-    if index is None or torch.compiler.is_compiling():
+    if index is None or compiling:
         return _region_conv2d_op(*args)  # what torch.compile traces
     # Eager mode skips the op's dispatch (tens of microseconds, more than a small layer's arithmetic):
     # inference calls the forward itself, training goes through an autograd.Function over it.
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias, residual)):
+    if training:
         return _RegionConv2dFunction.apply(*args)
     return _region_conv2d_forward(*args)

@@ -11,7 +11,8 @@ derived once per stage and cached:
 * ``at(size)``: the same set at another resolution (a pooled or strided layer), built once;
 * ``taps(geometry)``: the tap table of a convolution geometry, built once per geometry and shared
   by every layer of that geometry (as torchsparse caches its kernel maps per stride and spconv
-  shares an ``indice_key``).
+  shares an ``indice_key``); ``input_index(geometry)``, the same for the Triton backward's
+  input-side index (its transposed map).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ConvGeometry
+from ._backend import triton_input_index
 
 __all__ = ["RegionIndex", "resample_mask"]
 
@@ -53,6 +55,7 @@ class RegionIndex:
         self.count = int(self.rows.numel())  # the tensor's size: on the host, no synchronisation
         self._at: dict[tuple[int, int], RegionIndex] = {}
         self._taps: dict[ConvGeometry, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._inputs: dict[ConvGeometry, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,14 +83,28 @@ class RegionIndex:
         return self._at[size]
 
     def taps(self, geometry: ConvGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-        """``geometry.tap_table(rows)`` (whose output size must be this set's), built once per geometry."""
-        if (geometry.out_height, geometry.out_width) != self.size:
-            raise ValueError(f"geometry: output {geometry.out_height}x{geometry.out_width} does not match the "
-                             f"region's {self.size[0]}x{self.size[1]}")
+        """``geometry.tap_table(rows)`` (whose output size must be this set's), built once per geometry:
+        what the torch twins gather through."""
+        self._check_output_size(geometry)
         table = self._taps.get(geometry)
         if table is None:
             table = self._taps[geometry] = geometry.tap_table(self.rows)
         return table
+
+    def input_index(self, geometry: ConvGeometry) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The Triton backward's input-side index of this set for ``geometry`` (whose output size must be
+        this set's): ``build_input_index(rows, geometry, N)``, the sorted input rows some active pixel
+        reads and each output pixel's position in ``rows``, built once per geometry on the device."""
+        self._check_output_size(geometry)
+        table = self._inputs.get(geometry)
+        if table is None:
+            table = self._inputs[geometry] = triton_input_index()(self.rows, geometry, int(self.mask.shape[0]))
+        return table
+
+    def _check_output_size(self, geometry: ConvGeometry) -> None:
+        if (geometry.out_height, geometry.out_width) != self.size:
+            raise ValueError(f"geometry: output {geometry.out_height}x{geometry.out_width} does not match the "
+                             f"region's {self.size[0]}x{self.size[1]}")
 
     def __repr__(self) -> str:
         n, h, w = self.mask.shape

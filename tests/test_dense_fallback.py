@@ -1,4 +1,4 @@
-"""The CPU dense-fallback crossover and the GEMM primitive: measured once per process, or pinned."""
+"""The dense-fallback crossover (CPU and GPU) and the CPU GEMM primitive: measured once per process, or pinned."""
 import subprocess
 import sys
 
@@ -43,6 +43,50 @@ def test_the_crossover_decides_which_path_runs(monkeypatch):
         assert count.macs == rows * 4 * 8 * 9
         want = torch.where(mask[:, None], torch.nn.functional.conv2d(x, w, padding=1), 0)
         torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_crossover_is_measured_once_per_dtype_pinnable_and_fixed_in_deterministic_mode(monkeypatch):
+    """A GPU's crossover (no GPU needed: the measurement is replaced): measured on first use per dtype and
+    cached, pinned by set_dense_fallback_fraction like the CPU's, the upper bound without any timing
+    under torch.use_deterministic_algorithms(True)."""
+    measured = []
+
+    def measure(device, dtype):
+        measured.append(dtype)
+        return {torch.bfloat16: 0.62, torch.float32: 0.51}[dtype]
+
+    monkeypatch.setattr(dense_fallback, "measure_cuda_dense_fallback_fraction", measure)
+    monkeypatch.setattr(dense_fallback, "_cuda_fractions", {})
+    monkeypatch.setattr(dense_fallback, "_cuda_pinned", None)
+    monkeypatch.setattr(dense_fallback, "_fraction", 0.8)
+    monkeypatch.delenv("SPARSECASCADE_DENSE_FALLBACK", raising=False)
+    gpu = torch.device("cuda", 0)
+    assert sc.ops.dense_fallback_fraction(gpu, torch.bfloat16) == 0.62
+    assert sc.ops.dense_fallback_fraction(gpu, torch.float32) == 0.51
+    assert sc.ops.dense_fallback_fraction(gpu, torch.bfloat16) == 0.62
+    assert measured == [torch.bfloat16, torch.float32]  # once per dtype
+    assert sc.ops.dense_fallback_fraction(torch.device("cpu"), torch.bfloat16) == 0.8  # the CPU's, apart
+    sc.ops.set_dense_fallback_fraction(0.7)
+    assert sc.ops.dense_fallback_fraction(gpu, torch.float16) == 0.7 and len(measured) == 2
+    sc.ops.set_dense_fallback_fraction(None)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert sc.ops.dense_fallback_fraction(gpu, torch.bfloat16) == dense_fallback.FRACTION_BOUNDS[1]
+    assert len(measured) == 2  # no timing decides a path in deterministic mode
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    assert sc.ops.dense_fallback_fraction(gpu, torch.bfloat16) == 0.62 and len(measured) == 3
+
+
+def test_auto_falls_back_on_every_device_and_the_named_backends_never_do():
+    """"auto" runs its device's kernels with the dense fallback (a GPU's Triton too); "torch" and
+    "triton" always run their kernels."""
+    from sparsecascade.kernels import TRITON_AVAILABLE
+    from sparsecascade.ops.region_conv import _kernel_backend
+
+    assert _kernel_backend("auto", torch.device("cpu")) == ("torch", True)
+    assert _kernel_backend("torch", torch.device("cpu")) == ("torch", False)
+    if TRITON_AVAILABLE:
+        assert _kernel_backend("auto", torch.device("cuda", 0)) == ("triton", True)
+        assert _kernel_backend("triton", torch.device("cuda", 0)) == ("triton", False)
 
 
 def test_environment_pins_and_bad_values_are_refused():

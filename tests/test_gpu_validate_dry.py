@@ -45,8 +45,11 @@ def test_kernels_rows_and_targets(tmp_path):
 def test_e2e_rows_and_speedup(tmp_path):
     doc = run_dry(tmp_path, "e2e", "--model", "lc_resnet50", "--size", "64", "--batches", "1", "--no-prewarm",
                   config="fixed")
-    dense, lc, summary = doc["rows"]
-    assert (dense["mode"], lc["mode"]) == ("dense_rho1", "lc_paper_stops")
+    dense, lc, lc_auto, summary, summary_auto = doc["rows"]
+    assert (dense["mode"], lc["mode"], lc_auto["mode"]) == ("dense_rho1", "lc_paper_stops", "lc_paper_stops_auto")
     assert lc["macs"] < dense["macs"] and summary["speedup"] == pytest.approx(dense["ms"] / lc["ms"])
+    assert summary_auto["speedup"] == pytest.approx(dense["ms"] / lc_auto["ms"])
+    assert summary_auto["mac_bound"] == summary["mac_bound"] == pytest.approx(dense["macs"] / lc["macs"])
+    assert summary_auto["dense_fallback_fraction"] == float(os.environ["SPARSECASCADE_DENSE_FALLBACK"])
     # the paper's stop shares were imposed (to the mask's pixel granularity at 64x64)
     assert lc["stop_fractions"][0] == pytest.approx(0.23, abs=0.02)

@@ -4,7 +4,7 @@
     region_conv.py     ``region_conv2d``: checks, dispatch, the custom op and its autograd
     region_index.py    ``RegionIndex``: a stage's active set, compacted once, its tap tables cached
     confidence.py      ``confidence_threshold``: the fused softmax threshold and compaction
-    dense_fallback.py  the measured active fraction above which a CPU runs the dense convolution
+    dense_fallback.py  the measured active fraction above which "auto" runs the dense convolution (CPU, GPU)
     macs.py            ``count_macs``: the multiply-accumulates executed
     library.py         the kernels as ``torch.library`` ops (``triton_ops()``), for torch.compile
 """

@@ -16,9 +16,9 @@ bare mask, compacted here.
 MACs: inside ``count_macs()``, every forward adds the multiply-accumulates of the rows it hands
 to a kernel (the active rows), or of every output pixel when it runs the dense convolution.
 
-Backends: "torch" or "triton" reach the op; "auto" resolves to one of them, and on a CPU also sets
-``dense_fallback``: above the active fraction ``dense_fallback_fraction()`` the dense convolution
-runs instead of the gather path.
+Backends: "torch" or "triton" reach the op; "auto" resolves to one of them (the torch twins on a
+CPU, Triton on a GPU) and also sets ``dense_fallback``: above the active fraction
+``dense_fallback_fraction(device, dtype)`` the dense convolution runs instead of the gather path.
 """
 from __future__ import annotations
 
@@ -119,15 +119,16 @@ def _geometry_of(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> Co
     return ConvGeometry(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], *padding, *dilation)
 
 
-def _use_dense(dense_fallback: bool, active: int, total: int) -> bool:
-    return dense_fallback and active > dense_fallback_fraction() * total
+def _use_dense(dense_fallback: bool, active: int, total: int, x: torch.Tensor) -> bool:
+    return dense_fallback and active > dense_fallback_fraction(x.device, x.dtype) * total
 
 
 def _kernel_backend(backend: str, device: torch.device) -> tuple[str, bool]:
-    """(the kernels that run: "torch" or "triton", dense_fallback): "auto" on a CPU runs the torch twin
-    with the dense fallback at high density."""
+    """(the kernels that run: "torch" or "triton", dense_fallback): "auto" runs its device's kernels
+    (the torch twin on a CPU, Triton on a GPU) with the dense fallback at high density; "torch" and
+    "triton" always run those kernels."""
     resolved = resolve_backend(backend, device)
-    return resolved, backend == "auto" and resolved == "torch"
+    return resolved, backend == "auto"
 
 
 def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scale, shift, res_scale, relu, full):
@@ -182,7 +183,7 @@ def _region_conv2d_forward(
     contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
     epilogue = dict(bias=contiguous(bias), scale=contiguous(scale), shift=contiguous(shift),
                     res_scale=res_scale, relu=relu)
-    if _use_dense(dense_fallback, idx.numel(), mask.numel()):
+    if _use_dense(dense_fallback, idx.numel(), mask.numel(), x):
         record_macs(mask.numel(), weight.shape)
         return _dense_then_mask(x, weight, mask, residual, padding, dilation, full=idx.numel() == mask.numel(),
                                 **epilogue)
@@ -268,7 +269,7 @@ def _region_conv2d_backward(
     grad_bias = g_conv.sum(0).to(weight.dtype) if has_bias else empty()
     grad_x = grad_w = None
     if needs_input_grad or needs_weight_grad:
-        if _use_dense(dense_fallback, idx.numel(), mask.numel()):
+        if _use_dense(dense_fallback, idx.numel(), mask.numel(), x):
             g_dense = torch.zeros_like(g_nhwc, dtype=acc).view(-1, c_out).index_copy_(0, idx, g_conv)
             g_dense = g_dense.view(g_nhwc.shape).permute(0, 3, 1, 2).to(x.dtype)
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -382,10 +383,11 @@ def region_conv2d(
     the tap tables from layer to layer (a bare mask is compacted here, one ``nonzero`` per call).
 
     ``scale``/``shift`` (per output channel) fold a frozen BatchNorm and receive no gradient.
-    ``backend``: "auto" (Triton on CUDA; on a CPU the torch path, which runs the dense conv above the
-    active fraction ``dense_fallback_fraction()`` measured on this processor), "torch" (always
-    gather-GEMM-scatter) or "triton". The result is channels_last; its cost, forward and backward,
-    is proportional to the number of active pixels.
+    ``backend``: "auto" (Triton on CUDA, the torch path on a CPU; either runs the dense conv above
+    the active fraction ``dense_fallback_fraction(device, dtype)`` measured on this processor or
+    GPU), "torch" (always gather-GEMM-scatter) or "triton" (always the Triton kernels). The result
+    is channels_last; below the crossover its cost, forward and backward, is proportional to the
+    number of active pixels.
     """
     index = mask if isinstance(mask, RegionIndex) else None
     geometry = check_region_conv_args(input, weight, bias, mask if index is None else index.mask, padding, dilation,
@@ -411,7 +413,7 @@ def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex
     if index is not None:
         idx = index.rows
         gathers = (not geometry.is_pointwise and index.count > 0
-                   and not _use_dense(dense_fallback, index.count, index.numel))
+                   and not _use_dense(dense_fallback, index.count, index.numel, input))
         if gathers and kernel_backend != "triton":
             tap_rows, tap_padding = index.taps(geometry)
         elif gathers and training and input.requires_grad and not compiling:

@@ -89,11 +89,11 @@ case "$PART" in
     digest)
         SPARSECASCADE_TRITON_CONFIG=fixed run timeout 80 $V correctness --out "$OUT/digest_correctness.json"
         run timeout 170 $V kernels --cases "3x3 256->256 64x64" --out "$OUT/digest_kernels.json"
-        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 90 $V e2e --model lc_resnet50 --batches 1 8 --no-prewarm \
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 110 $V e2e --model lc_resnet50 --batches 1 8 --no-prewarm \
             --out "$OUT/digest_e2e.json"
-        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 150 $V e2e --model lc_irnet --batches 1 8 --no-prewarm \
+        SPARSECASCADE_TRITON_CONFIG=fixed run timeout 180 $V e2e --model lc_irnet --batches 1 8 --no-prewarm \
             --out "$OUT/digest_e2e_irnet.json"
-        run timeout 40 $V threshold --out "$OUT/digest_threshold.json"
+        run timeout 30 $V threshold --out "$OUT/digest_threshold.json"
         ;;
     digest2)
         # what digest leaves out, for what is left of the session's device time (under 5 minutes)

@@ -159,10 +159,9 @@ def dense_fallback_fraction(device: Optional[torch.device] = None, dtype: torch.
 def set_dense_fallback_fraction(fraction: Optional[float]) -> None:
     """Pin the crossover on every device (a fraction in [0, 1]; 1.0: never fall back), or None to
     measure it again."""
-    global _fraction
+    global _fraction, _cuda_pinned
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                  or not 0.0 <= fraction <= 1.0):
         raise ValueError(f"fraction: expected a number in [0, 1] or None, got {fraction!r}")
-    global _cuda_pinned
     _fraction = _cuda_pinned = None if fraction is None else float(fraction)
     _cuda_fractions.clear()

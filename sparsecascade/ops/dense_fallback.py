@@ -45,22 +45,36 @@ def _best_times(fns: dict, reps: int = 5) -> dict:
     return best
 
 
-def measure_dense_fallback_fraction() -> float:
-    """The active fraction at which the gather path and the dense convolution cost the same here,
-    from both timed on a half-active map (the gather path's cost grows with the active rows)."""
-    gen = torch.Generator().manual_seed(0)
-    c, size = 128, 48
-    x = torch.randn(1, c, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(c, c, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
-    mask = torch.zeros(1, size, size, dtype=torch.bool)
-    mask[:, :, : size // 2] = True  # half of the map, one coherent block
+def _half_active_layer(n: int, c: int, size: int, device=None, dtype: torch.dtype = torch.float32):
+    """A 3x3 c->c layer (channels_last input and weight) on an n x size x size map whose left half is
+    active (one coherent block): (x, w, mask, idx, geometry)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, size, size, device=device, generator=gen).to(dtype)
+    w = (torch.randn(c, c, 3, 3, device=device, generator=gen) / (3 * c**0.5)).to(dtype)
+    mask = torch.zeros(n, size, size, dtype=torch.bool, device=device)
+    mask[:, :, : size // 2] = True
     idx = mask.reshape(-1).nonzero().squeeze(1)
-    geometry = ConvGeometry(size, size, 3, 3, 1, 1)
+    channels_last = torch.channels_last
+    return (x.contiguous(memory_format=channels_last), w.contiguous(memory_format=channels_last), mask, idx,
+            ConvGeometry(size, size, 3, 3, 1, 1))
+
+
+def _crossover(dense_time: float, gather_time: float) -> float:
+    """The active fraction where the gather path, timed at half active (its cost grows with the active
+    rows), costs what the dense convolution does, kept within FRACTION_BOUNDS."""
+    low, high = FRACTION_BOUNDS
+    return min(high, max(low, 0.5 * dense_time / gather_time))
+
+
+def measure_dense_fallback_fraction() -> float:
+    """The active fraction at which the gather path and the dense convolution cost the same on this CPU."""
+    n, c, size = 1, 128, 48
+    x, w, mask, idx, geometry = _half_active_layer(n, c, size)
     taps = geometry.tap_table(idx)
     x_nhwc, w_khwc = x.permute(0, 2, 3, 1).contiguous(), w.permute(2, 3, 1, 0)
 
     def gather():
-        out = torch.zeros(1, size, size, c)
+        out = torch.zeros(n, size, size, c)
         region_conv2d_forward_torch(x_nhwc, w_khwc, idx, out, geometry, taps=taps)
 
     def dense():
@@ -68,8 +82,7 @@ def measure_dense_fallback_fraction() -> float:
 
     with torch.no_grad():
         best = _best_times({"dense": dense, "gather": gather})
-    low, high = FRACTION_BOUNDS
-    return min(high, max(low, 0.5 * best["dense"] / best["gather"]))
+    return _crossover(best["dense"], best["gather"])
 
 
 def measure_cuda_dense_fallback_fraction(device: torch.device, dtype: torch.dtype) -> float:
@@ -79,16 +92,8 @@ def measure_cuda_dense_fallback_fraction(device: torch.device, dtype: torch.dtyp
     from ._backend import triton_region_conv
 
     forward = triton_region_conv()[0]
-    gen = torch.Generator(device=device).manual_seed(0)
     n, c, size = 16, 256, 64
-    x = torch.randn(n, c, size, size, device=device, generator=gen).to(dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(c, c, 3, 3, device=device, generator=gen) / 48).to(dtype)
-    w = w.contiguous(memory_format=torch.channels_last)
-    mask = torch.zeros(n, size, size, dtype=torch.bool, device=device)
-    mask[:, :, : size // 2] = True
-    idx = mask.reshape(-1).nonzero().squeeze(1)
-    geometry = ConvGeometry(size, size, 3, 3, 1, 1)
+    x, w, mask, idx, geometry = _half_active_layer(n, c, size, device, dtype)
     out = torch.empty(n, size, size, c, dtype=dtype, device=device)
     x_nhwc, w_khwc = x.permute(0, 2, 3, 1), w.permute(2, 3, 1, 0)  # views of channels_last tensors
 
@@ -115,8 +120,7 @@ def measure_cuda_dense_fallback_fraction(device: torch.device, dtype: torch.dtyp
             fn()
         torch.cuda.synchronize(device)
         dense_ms, gather_ms = best_ms(dense), best_ms(gather)
-    low, high = FRACTION_BOUNDS
-    return min(high, max(low, 0.5 * dense_ms / gather_ms))
+    return _crossover(dense_ms, gather_ms)
 
 
 def _pinned() -> Optional[float]:
@@ -136,10 +140,10 @@ def dense_fallback_fraction(device: Optional[torch.device] = None, dtype: torch.
     """The active fraction above which "auto" runs the dense convolution on ``device`` (default: the
     CPU, whose crossover is measured in float32 for every dtype; a GPU's is measured per dtype)."""
     global _fraction
-    if device is not None and torch.device(device).type == "cuda":
+    device = None if device is None else torch.device(device)
+    if device is not None and device.type == "cuda":
         if _cuda_pinned is not None:
             return _cuda_pinned
-        device = torch.device(device)
         key = (device.index if device.index is not None else torch.cuda.current_device(), dtype)
         if key not in _cuda_fractions:
             pinned = _pinned()

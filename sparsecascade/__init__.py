@@ -3,7 +3,7 @@
 Region convolutions and the fused confidence threshold (``region_conv2d``, ``confidence_threshold``)
 run on Triton kernels on a GPU and on a gather-GEMM-scatter torch path on a CPU.
 """
-from .ops import RegionIndex, ThresholdResult, confidence_threshold, region_conv2d
+from .ops import RegionIndex, ThresholdResult, confidence_threshold, region_conv2d, region_conv2d_residual
 from .nn import RegionConv2d, active_region, convert_to_region
 from .cascade import CascadeOutput, CascadeTrainOutput, LayerCascade, default_head
 from .factory import create_model, list_models, load_backbone_weights, register_cascade
@@ -16,7 +16,7 @@ from .export import export_dense
 __version__ = "0.1.0"
 
 __all__ = [
-    "region_conv2d", "confidence_threshold", "ThresholdResult", "RegionIndex",
+    "region_conv2d", "region_conv2d_residual", "confidence_threshold", "ThresholdResult", "RegionIndex",
     "RegionConv2d", "active_region", "convert_to_region",
     "LayerCascade", "CascadeOutput", "CascadeTrainOutput", "default_head",
     "create_model", "list_models", "register_cascade", "load_backbone_weights", "losses",

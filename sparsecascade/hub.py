@@ -45,6 +45,7 @@ def _read_config(path: Path) -> dict:
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"{path}: config lacks {missing}; expected the keys written by save_pretrained")
+    check_rho(config["rho"], name=f"{path}: rho")  # a null or stray value must not become the default rho
     return config
 
 

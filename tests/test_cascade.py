@@ -430,6 +430,8 @@ REFUSED = [
     (lambda: nn.LocalResponseNorm(3), ["LocalResponseNorm", "over space"]),
     (lambda: nn.Sigmoid(), ["Sigmoid", "zero to zero"]),
     (lambda: nn.Upsample(scale_factor=1), ["Upsample", "zero to zero"]),
+    (lambda: nn.Hardtanh(0.1, 1.0), ["Hardtanh(min_val=0.1, max_val=1.0) maps zero to 0.1"]),
+    (lambda: nn.Hardtanh(-2.0, -1.0), ["Hardtanh(min_val=-2.0, max_val=-1.0) maps zero to -1.0"]),
 ]
 
 
@@ -450,7 +452,8 @@ def test_refuses_what_it_cannot_run_exactly(make, words):
 
 
 @pytest.mark.parametrize("layer", [nn.ReLU(inplace=True), nn.ReLU6(), nn.LeakyReLU(0.1), nn.GELU(), nn.SiLU(),
-                                   nn.Tanh(), nn.Hardswish(), nn.Dropout2d(0.1), nn.Identity(), nn.PReLU(8)],
+                                   nn.Tanh(), nn.Hardswish(), nn.Dropout2d(0.1), nn.Identity(), nn.PReLU(8),
+                                   nn.Hardtanh(0.0, 2.0)],
                          ids=lambda m: type(m).__name__)
 def test_zero_preserving_layers_are_accepted_and_exact(layer):
     """Layers that map zero to zero pixel by pixel run as they are; the result is the masked reference."""
@@ -465,6 +468,23 @@ def test_zero_preserving_layers_are_accepted_and_exact(layer):
         with sc.active_region(m, "torch"):
             got = stage(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_region_conv2d_built_like_a_conv2d():
+    """``RegionConv2d(in, out, k, ...)`` is an nn.Conv2d (same parameters, same result outside a region)
+    that computes the masked convolution, with its fused ReLU, inside one."""
+    torch.manual_seed(0)
+    conv = sc.RegionConv2d(4, 5, 3, padding=2, dilation=2, relu=True)
+    plain = nn.Conv2d(4, 5, 3, padding=2, dilation=2)
+    plain.load_state_dict(conv.state_dict())
+    assert "RegionConv2d(4, 5, kernel_size=(3, 3)" in repr(conv) and "relu" in repr(conv)
+    x = torch.randn(2, 4, 9, 11)
+    m = torch.rand(2, 9, 11) < 0.4
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), torch.relu(plain(x)), rtol=1e-5, atol=1e-6)
+        for backend in ("torch", "auto", "dense"):
+            with sc.active_region(m, backend):
+                torch.testing.assert_close(conv(x), where(m, torch.relu(plain(x))), rtol=1e-5, atol=1e-6)
 
 
 def test_dense_modules_runs_a_refused_layer_densely_and_masks_it():

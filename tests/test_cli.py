@@ -110,6 +110,16 @@ def test_out_of_range_rho_names_the_option_subprocess():
     assert_one_line_error(result.returncode, result.stderr, "argument --rho: expected a number in [0, 1]", "got '1.5'")
 
 
+def test_a_rho_that_does_not_fit_the_model_names_rho_not_model(capsys, model_folder, tmp_path):
+    """Three thresholds for a three-stage model (it takes one, or two): the error is --rho's."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    code, _, err = cli_main(capsys, "segment", str(image), "--model", str(model_folder), "--rho", "0.9/0.5/0.2",
+                            "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "error: --rho: expected one number in [0, 1] or 2")
+    assert "--model" not in err
+
+
 def test_train_configuration_errors_are_one_line(capsys, tmp_path):
     assert_one_line_error(*cli_main(capsys, "train", "--rho", "1.5")[::2], "--rho")
     assert_one_line_error(*cli_main(capsys, "train", "--steps", "0")[::2], "--steps", "positive")

@@ -149,6 +149,18 @@ def test_damaged_and_mismatched_weights(tiny, tmp_path):
         sc.from_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize("rho", [None, 1.5, "0.9", [0.9, None]])
+def test_a_config_with_a_bad_rho_is_refused(tiny, tmp_path, rho):
+    """A null or stray rho in config.json is an error naming the file, never the library's default rho."""
+    tiny.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["rho"] = rho
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: rho: expected a number in \[0, 1\]"):
+        sc.from_pretrained(tmp_path / "m")
+
+
 def test_custom_cascade_built_directly_says_how_to_save_it(tmp_path):
     model = sc.LayerCascade([torch.nn.Conv2d(3, 4, 1)], [torch.nn.Conv2d(4, 2, 1)])
     with pytest.raises(ValueError, match="cannot record how to rebuild.*register_cascade.*create_model"):

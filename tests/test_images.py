@@ -111,6 +111,9 @@ def test_arrays_are_checked():
         sc.segment.load_image(np.zeros((3, 40, 50), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"float32 .*\(image \* 255\)"):
         sc.segment.load_image(np.zeros((4, 5, 3), dtype=np.float32))
+    for empty in ((0, 5, 3), (4, 0), (0, 0, 4)):
+        with pytest.raises(ValueError, match=r"image: expected at least one pixel, got an empty array of shape"):
+            sc.segment.load_image(np.zeros(empty, dtype=np.uint8))
 
 
 # -- model(x) -------------------------------------------------------------------------------------------

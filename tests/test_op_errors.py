@@ -49,6 +49,24 @@ def test_devices_that_differ():
         sc.region_conv2d(X, W.to("meta"), None, M)
 
 
+def test_triton_refuses_float64_and_auto_gives_it_the_torch_twin(monkeypatch):
+    """Triton's kernels take fp32/fp16/bf16: "triton" names the argument for float64; "auto" on a GPU
+    (its Triton resolution faked: no GPU here) runs float64 on the torch twin, never timing a crossover."""
+    x64, w64 = X.double(), W.double()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match=r"backend: 'triton' runs float32, float16 and bfloat16 inputs, got torch.float64"):
+        sc.region_conv2d(x64, w64, None, M, backend="triton")
+    from sparsecascade.ops import dense_fallback, region_conv
+
+    monkeypatch.setattr(region_conv, "resolve_backend", lambda backend, device: "triton")
+    assert region_conv._kernel_backend("auto", x64) == ("torch", True)
+    assert region_conv._kernel_backend("auto", X) == ("triton", True)
+    monkeypatch.setattr(dense_fallback, "measure_cuda_dense_fallback_fraction",
+                        lambda *a: pytest.fail("a float64 crossover must not be timed with Triton"))
+    monkeypatch.setattr(dense_fallback, "_cuda_pinned", None)
+    assert dense_fallback.dense_fallback_fraction(torch.device("cuda", 0), torch.float64) == dense_fallback.FRACTION_BOUNDS[1]
+
+
 def test_triton_without_gpu_or_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):

@@ -240,3 +240,26 @@ def test_triton_backward_builds_the_input_index_once_per_geometry(monkeypatch):
                                                ConvGeometry(9, 11, 3, 3, 2, 2, 2, 2)}, key=repr)
     for a, b in zip(got, grads("dense")):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_form_is_input_plus_masked_conv(backend):
+    """DESIGN.md's ``region_conv2d_residual(x, w, b, m) == x + conv2d(x, w, b) * m`` (x copied outside m),
+    forward and the gradients of x (through both terms), w and b, against the dense expression."""
+    gen = torch.Generator().manual_seed(7)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    x = torch.randn(2, 6, 9, 7, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(6, 6, 3, 3, generator=gen).to(dtype).requires_grad_()
+    b = torch.randn(6, generator=gen).to(dtype).requires_grad_()
+    m = torch.rand(2, 9, 7, generator=gen) < 0.4
+    got = sc.region_conv2d_residual(x, w, b, m, padding=2, dilation=2, backend=backend)
+    want = x + F.conv2d(x, w, b, padding=2, dilation=2) * m[:, None]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, want, **tol)
+    g = torch.randn(want.shape, generator=gen).to(dtype)
+    got_grads = torch.autograd.grad((got * g).sum(), (x, w, b))
+    want_grads = torch.autograd.grad((want * g).sum(), (x, w, b))
+    for name, a, e in zip("xwb", got_grads, want_grads):
+        torch.testing.assert_close(a, e, **tol, msg=f"grad of {name}")
+    with pytest.raises(ValueError, match=r"weight: expected C_out = C_in = 6 .*got shape \(4, 6, 3, 3\)"):
+        sc.region_conv2d_residual(x, w[:4], b[:4], m, padding=2, dilation=2, backend=backend)

@@ -102,10 +102,14 @@ def default_model() -> str:
 
 
 def load_model(name: str, option: str, **kwargs):
-    """from_pretrained, its errors naming the option the name came from."""
+    """from_pretrained, its errors naming the option they came from: ``option`` (the model's name), or
+    --rho for a rho that does not fit the model."""
     from ..hub import from_pretrained
 
     try:
         return from_pretrained(name, **kwargs)
     except (ValueError, RuntimeError, OSError) as e:
-        raise ValueError(f"{option}: {str(e).removeprefix('name_or_path: ')}") from e
+        message = str(e).removeprefix("name_or_path: ")
+        if message.startswith("rho: ") and kwargs.get("rho") is not None:
+            option, message = "--rho", message.removeprefix("rho: ")
+        raise ValueError(f"{option}: {message}") from e

@@ -79,6 +79,8 @@ def array_to_rgb(image: np.ndarray) -> np.ndarray:
             hint = " (floats in [0, 1]: (image * 255).round().astype(np.uint8))"
         raise ValueError(f"image: expected an (H, W, 3) uint8 array (or (H, W), (H, W, 4)), got "
                          f"{image.dtype} {image.shape}{hint}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image: expected at least one pixel, got an empty array of shape {image.shape}")
     if image.ndim == 2:
         image = image[:, :, None]
     return np.ascontiguousarray(np.broadcast_to(image[:, :, :3], (*image.shape[:2], 3)) if image.shape[2] == 1

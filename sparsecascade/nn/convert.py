@@ -123,7 +123,8 @@ def _is_batchnorm(m: nn.Module) -> bool:
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 
 # Leaf layers that act pixel by pixel and map zero to zero: outside the region they keep the zeros,
-# so they run as they are. (Not Sigmoid, Hardsigmoid, Softplus, AlphaDropout: f(0) != 0.)
+# so they run as they are. (Not Sigmoid, Hardsigmoid, Softplus, AlphaDropout: f(0) != 0; a Hardtanh
+# only while its range holds 0, checked in _refusal.)
 ZERO_PRESERVING = (
     nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
     nn.Mish, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink,
@@ -170,6 +171,10 @@ def _refusal(m: nn.Module, path: str) -> Optional[str]:
         return None
     if isinstance(m, SPATIAL_NORMS):
         return f"{kind} normalises over space, so its statistics would depend on the region; replace it or {opt_in}"
+    if isinstance(m, nn.Hardtanh) and not m.min_val <= 0.0 <= m.max_val:
+        zero_to = min(max(0.0, m.min_val), m.max_val)
+        return (f"{kind}(min_val={m.min_val}, max_val={m.max_val}) maps zero to {zero_to}, so its output outside "
+                f"the region would not be zero; {opt_in}")
     if isinstance(m, _POOLS) or type(m) in ZERO_PRESERVING:
         return None
     owns_tensors = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))

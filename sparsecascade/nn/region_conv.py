@@ -28,24 +28,35 @@ class RegionConv2d(nn.Conv2d):
     ``FoldedBatchNorm`` (identity, same buffer names). When gradients flow, its affine map is applied
     to the raw parameters on every call (in the region op's epilogue, or folded into a per-call copy
     of the weights on the dense path), so that training the conv stays exact; for inference it is
-    folded into a cached copy of the weights (``prepared_weights``). Inside a region the
+    folded into a cached copy of the weights (``prepared_weights``). Built directly,
+    ``RegionConv2d(in_channels, out_channels, kernel_size, ..., relu=False, res_scale=1.0)`` takes
+    ``nn.Conv2d``'s arguments. Inside a region the
     convolution's output is zero outside it, before the residual and the ReLU are applied.
     """
+
+    def __init__(self, *args, relu: bool = False, res_scale: float = 1.0, **kwargs):
+        """As ``nn.Conv2d(in_channels, out_channels, kernel_size, ...)``, with a fused ReLU and residual
+        scale (no BatchNorm: ``from_conv`` / ``fuse_conv_bn`` fold one)."""
+        super().__init__(*args, **kwargs)
+        self._init_region(None, relu, res_scale)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, bn: Optional[FoldedBatchNorm] = None, relu: bool = False,
                   res_scale: float = 1.0) -> "RegionConv2d":
         new = cls.__new__(cls)
         new.__dict__.update(conv.__dict__)
+        new._init_region(bn, relu, res_scale)
+        return new
+
+    def _init_region(self, bn: Optional[FoldedBatchNorm], relu: bool, res_scale: float) -> None:
         # channels_last weights: the region GEMM reads (C_out, KH*KW*C_in) rows of them without a copy,
         # and the dense conv (oneDNN) prefers them too
-        new.weight.data = new.weight.data.contiguous(memory_format=torch.channels_last)
-        new.folded_bn = (bn,) if bn is not None else ()  # a tuple: a reference, not a submodule
-        new.fused_relu = relu
-        new.res_scale = res_scale
-        new._prepared = None  # (key, (weight, bias)): see prepared_weights
-        new._checked = {}  # kind of call -> its ConvGeometry: see forward
-        return new
+        self.weight.data = self.weight.data.contiguous(memory_format=torch.channels_last)
+        self.folded_bn = (bn,) if bn is not None else ()  # a tuple: a reference, not a submodule
+        self.fused_relu = bool(relu)
+        self.res_scale = float(res_scale)
+        self._prepared = None  # (key, (weight, bias)): see prepared_weights
+        self._checked = {}  # kind of call -> its ConvGeometry: see forward
 
     def extra_repr(self) -> str:
         extra = ["bn" if self.folded_bn else "", "relu" if self.fused_relu else ""]

@@ -12,10 +12,10 @@ from ._backend import BACKENDS, KERNEL_BACKENDS, Backend, KernelBackend, check_b
 from .confidence import ThresholdResult, confidence_threshold
 from .dense_fallback import dense_fallback_fraction, set_dense_fallback_fraction
 from .macs import MacCount, count_macs, record_macs
-from .region_conv import region_conv2d
+from .region_conv import region_conv2d, region_conv2d_residual
 from .region_index import RegionIndex, resample_mask
 from . import library  # registers the Triton ops at import where Triton runs on a GPU
 
-__all__ = ["region_conv2d", "confidence_threshold", "ThresholdResult", "RegionIndex", "resample_mask",
+__all__ = ["region_conv2d", "region_conv2d_residual", "confidence_threshold", "ThresholdResult", "RegionIndex", "resample_mask",
            "dense_fallback_fraction", "set_dense_fallback_fraction", "count_macs", "record_macs", "MacCount",
            "Backend", "KernelBackend", "BACKENDS", "KERNEL_BACKENDS", "check_backend"]

@@ -29,6 +29,10 @@ def check_backend(backend: str, allowed: tuple[str, ...] = BACKENDS, argument: s
     return backend
 
 
+# What the Triton region kernels take (their launchers assert it); float64 runs the torch twins.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def resolve_backend(backend: str, device: torch.device, argument: str = "backend") -> str:
     """Map ``backend`` (a ``KernelBackend``) to "torch" or "triton" for tensors on ``device``, or raise
     a clear error.

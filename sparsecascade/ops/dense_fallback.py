@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ConvGeometry, region_conv2d_forward_torch
+from ._backend import TRITON_DTYPES
 
 # The measured crossover is kept within these bounds: up to 50% active the gather path wins on
 # every processor measured (0.69-0.88x of the dense convolution at 50%, AMD EPYC with and without
@@ -144,6 +145,8 @@ def dense_fallback_fraction(device: Optional[torch.device] = None, dtype: torch.
     if device is not None and device.type == "cuda":
         if _cuda_pinned is not None:
             return _cuda_pinned
+        if dtype not in TRITON_DTYPES:  # float64 runs the torch twins on a GPU: never timed, the upper bound
+            return FRACTION_BOUNDS[1]
         key = (device.index if device.index is not None else torch.cuda.current_device(), dtype)
         if key not in _cuda_fractions:
             pinned = _pinned()

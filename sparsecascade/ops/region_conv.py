@@ -6,6 +6,8 @@
 (outside the mask: ``act(r)``, the residual passed through the block's activation, exactly as
 the unfused ``act(r + s * region_conv2d(...))`` computes it).
 
+``region_conv2d_residual(x, w, b, m)`` is the second form with ``r = x``.
+
 This file holds the argument checks, the layout conversion (NCHW API, NHWC kernels), the
 backend dispatch and the autograd formula; the MAC count is ``ops/macs.py``. The op is registered with
 ``torch.library`` so that ``torch.compile`` keeps it as one opaque node (no graph break),
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ConvGeometry, fold_affine, region_conv2d_backward_torch, region_conv2d_forward_torch
-from ._backend import KernelBackend, resolve_backend, triton_region_conv
+from ._backend import TRITON_DTYPES, KernelBackend, resolve_backend, triton_region_conv
 from .dense_fallback import dense_fallback_fraction
 from .macs import record_macs
 from .region_index import RegionIndex
@@ -123,11 +125,16 @@ def _use_dense(dense_fallback: bool, active: int, total: int, x: torch.Tensor) -
     return dense_fallback and active > dense_fallback_fraction(x.device, x.dtype) * total
 
 
-def _kernel_backend(backend: str, device: torch.device) -> tuple[str, bool]:
+def _kernel_backend(backend: str, x: torch.Tensor) -> tuple[str, bool]:
     """(the kernels that run: "torch" or "triton", dense_fallback): "auto" runs its device's kernels
-    (the torch twin on a CPU, Triton on a GPU) with the dense fallback at high density; "torch" and
-    "triton" always run those kernels."""
-    resolved = resolve_backend(backend, device)
+    (the torch twin on a CPU, Triton on a GPU; the torch twin for float64, which Triton's kernels do
+    not take) with the dense fallback at high density; "torch" and "triton" always run those kernels."""
+    resolved = resolve_backend(backend, x.device)
+    if resolved == "triton" and x.dtype not in TRITON_DTYPES:
+        if backend != "auto":
+            raise ValueError(f"backend: 'triton' runs float32, float16 and bfloat16 inputs, got {x.dtype}; "
+                             "use backend='torch' or 'auto'")
+        resolved = "torch"
     return resolved, backend == "auto"
 
 
@@ -398,6 +405,26 @@ def region_conv2d(
                            shift=shift, residual=residual, res_scale=res_scale, relu=relu)
 
 
+def region_conv2d_residual(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: Union[torch.Tensor, RegionIndex],
+    padding=0,
+    dilation=1,
+    backend: KernelBackend = "auto",
+    **epilogue,
+) -> torch.Tensor:
+    """``input + where(mask, conv2d(input, weight, bias), 0)``: the residual form of DESIGN.md section 2
+    (``input`` copied outside the mask), for a convolution that keeps the channels and the size;
+    ``region_conv2d`` with ``residual=input`` (``epilogue``: its ``scale``, ``shift``, ``res_scale``, ``relu``)."""
+    if isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and weight.dim() == 4 \
+            and input.dim() == 4 and weight.shape[0] != input.shape[1]:
+        raise ValueError(f"weight: expected C_out = C_in = {input.shape[1]} (the input's channels, added back), "
+                         f"got shape {tuple(weight.shape)}")
+    return region_conv2d(input, weight, bias, mask, padding, dilation, backend, residual=input, **epilogue)
+
+
 def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex], geometry: ConvGeometry,
                     backend: KernelBackend = "auto", *, scale=None, shift=None, residual=None, res_scale: float = 1.0,
                     relu: bool = False) -> torch.Tensor:
@@ -406,7 +433,7 @@ def run_region_conv(input, weight, bias, region: Union[torch.Tensor, RegionIndex
     a small layer's checks cost more than its arithmetic. ``region`` is a ``RegionIndex``, or a bare
     mask under ``torch.compile``."""
     index = region if isinstance(region, RegionIndex) else None
-    kernel_backend, dense_fallback = _kernel_backend(backend, input.device)
+    kernel_backend, dense_fallback = _kernel_backend(backend, input)
     compiling = torch.compiler.is_compiling()
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias, residual))
     tap_rows = tap_padding = input_rows = input_pos = idx = None

@@ -124,6 +124,12 @@ MUTATIONS = [
              "table = self._inputs.get(geometry)\n        if table is None:\n            table = self._inputs[geometry] =",
              "table = self._inputs.get(geometry.taps)\n        if table is None:\n            table = self._inputs[geometry.taps] =",
              (f"{INPUT_INDEX}",)),
+    Mutation("a Hardtanh accepted whatever its range (maps zero to a non-zero)", "sparsecascade/nn/convert.py",
+             "if isinstance(m, nn.Hardtanh) and not m.min_val <= 0.0 <= m.max_val:", "if False:",
+             ("tests/test_cascade.py::test_refuses_what_it_cannot_run_exactly",)),
+    Mutation("config.json's rho not checked (null becomes the default rho)", "sparsecascade/hub.py",
+             '    check_rho(config["rho"], name=f"{path}: rho")', "    pass",
+             ("tests/test_hub.py::test_a_config_with_a_bad_rho_is_refused",)),
 ]
 
 

@@ -59,10 +59,6 @@ takes a few keyword arguments of its own, listed below.
         any rank) and bias, in the weight's dtype: the one fold, used by the twin's GEMM, the ops'
         dense fallback and the nn layer's cached inference weights.
 
-    conv2d_relu(x, weight, bias, padding, dilation, stride=(1, 1), groups=1)
-        relu(conv2d(...)) on every pixel: the dense layers' convolution + ReLU, the ReLU fused into
-        oneDNN's convolution for float32 CPU tensors when no gradient is recorded.
-
 Confidence threshold (``confidence``):
 
     confidence_threshold_forward(logits, rho, active) -> (labels, confidence, stop, next_active, next_idx)
@@ -74,14 +70,12 @@ Confidence threshold (``confidence``):
         class, confidence NaN, never stops. The size of next_idx is data-dependent: both versions
         read it on the host (one sync). Triton only: wrap_kernel, as above.
 """
-from .region_conv import (ConvGeometry, conv2d_relu, fold_affine, region_conv2d_backward_torch,
-                          region_conv2d_forward_torch)
+from .region_conv import ConvGeometry, fold_affine, region_conv2d_forward_torch, region_conv2d_backward_torch
 from .confidence import confidence_threshold_forward_torch
 from ._triton_support import TRITON_AVAILABLE, triton_interpreting
 
 __all__ = [
     "ConvGeometry",
-    "conv2d_relu",
     "fold_affine",
     "region_conv2d_forward_torch",
     "region_conv2d_backward_torch",

@@ -124,37 +124,3 @@ def test_training_after_inference_is_exact():
     for module in (converted, reference):
         torch.optim.SGD(module.parameters(), lr=0.1).step()
     check_equal(converted, reference, x, mask)
-
-
-def test_dense_conv_relu_is_fused_by_onednn_and_exact(monkeypatch):
-    """``conv2d_relu`` equals relu(F.conv2d(...)) (strides, dilation, groups, no bias, NCHW and
-    channels_last); without a gradient to record on a float32 CPU tensor it runs oneDNN's fused op, and
-    a converted stage's dense layers (stage 1, the dense fallback) reach it; with one it stays differentiable."""
-    from sparsecascade.kernels import conv2d_relu
-
-    fused = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    calls = count_calls(monkeypatch, torch.ops.mkldnn, "_convolution_pointwise") if fused else []
-    gen = torch.Generator().manual_seed(0)
-    cases = [((2, 8, 13, 11), (6, 8, 3, 3), dict(padding=(1, 1), dilation=(1, 1))),
-             ((1, 8, 16, 16), (8, 8, 3, 3), dict(padding=(2, 2), dilation=(2, 2), stride=(2, 2))),
-             ((1, 8, 9, 9), (8, 2, 1, 7), dict(padding=(0, 3), dilation=(1, 1), groups=4))]
-    for x_shape, w_shape, kw in cases:
-        for memory_format in (torch.contiguous_format, torch.channels_last):
-            x = torch.randn(x_shape, generator=gen).contiguous(memory_format=memory_format)
-            w = torch.randn(w_shape, generator=gen).contiguous(memory_format=memory_format)
-            for b in (torch.randn(w_shape[0], generator=gen), None):
-                want = torch.relu(torch.nn.functional.conv2d(x, w, b, kw.get("stride", 1), kw["padding"],
-                                                             kw["dilation"], kw.get("groups", 1)))
-                got = conv2d_relu(x, w, b, **kw)
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert len(calls) == (12 if fused else 0)
-    w = torch.randn(6, 8, 3, 3, generator=gen, requires_grad=True)
-    x = torch.randn(1, 8, 7, 7, generator=gen)
-    conv2d_relu(x, w, None, (1, 1), (1, 1)).sum().backward()
-    want = torch.autograd.grad(torch.relu(torch.nn.functional.conv2d(x, w, None, 1, 1)).sum(), w)[0]
-    torch.testing.assert_close(w.grad, want)
-    assert len(calls) == (12 if fused else 0)  # the differentiable path
-    stage = sc.convert_to_region(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)))
-    with torch.no_grad():
-        stage(x)
-    assert len(calls) == (13 if fused else 0)  # the fused conv + ReLU of stage 1

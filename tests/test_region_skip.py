@@ -2,8 +2,7 @@
 
 Spies sit on the boundary between ``sparsecascade.ops`` and the kernels package (the functions of
 ``sparsecascade.kernels`` that take the active rows, wherever they are bound) and on every dense
-convolution entry point (``F.conv2d``, ``torch.conv2d``, ``aten.convolution_backward``, oneDNN's fused
-``mkldnn._convolution_pointwise``). At active
+convolution entry point (``F.conv2d``, ``torch.conv2d``, ``aten.convolution_backward``). At active
 fractions of 0.25 and below, a region convolution must hand each kernel exactly the active rows and
 never run a dense convolution, forward or backward; ``count_macs`` and ``CascadeOutput.macs`` must
 equal the rows the kernels received times the MACs per row.
@@ -78,9 +77,6 @@ class Recorder:
         monkeypatch.setattr(torch.nn.functional, "conv2d", Spy(torch.nn.functional.conv2d, dense))
         monkeypatch.setattr(torch, "conv2d", Spy(torch.conv2d, dense))
         monkeypatch.setattr(torch.ops.aten, "convolution_backward", Spy(torch.ops.aten.convolution_backward, dense))
-        if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):  # kernels.conv2d_relu's fused conv + ReLU
-            monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise",
-                                Spy(torch.ops.mkldnn._convolution_pointwise, dense))
 
 
 def rows_macs(weight_khwc_shape, rows: int) -> int:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..kernels import conv2d_relu, fold_affine
+from ..kernels import fold_affine
 from ..ops.region_conv import check_region_conv_args, run_region_conv
 from .frozen_bn import FoldedBatchNorm
 from .state import current_region
@@ -105,12 +105,6 @@ class RegionConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         region = current_region()
         if region is None:
-            if (self.fused_relu and residual is None and self.padding_mode == "zeros"
-                    and isinstance(self.padding, tuple) and not self._needs_autograd()
-                    and not torch.compiler.is_compiling()):
-                # inference on every pixel (stage 1): the ReLU fused into the convolution, no second pass
-                return conv2d_relu(x, *self.prepared_weights(self.weight.dtype), self.padding, self.dilation,
-                                   self.stride, self.groups)
             return self._epilogue(self._conv_bn(x), residual)
         stride_one = (self.stride == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
                       and isinstance(self.padding, tuple))

@@ -29,8 +29,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..kernels import (ConvGeometry, conv2d_relu, fold_affine, region_conv2d_backward_torch,
-                       region_conv2d_forward_torch)
+from ..kernels import ConvGeometry, fold_affine, region_conv2d_backward_torch, region_conv2d_forward_torch
 from ._backend import TRITON_DTYPES, KernelBackend, resolve_backend, triton_region_conv
 from .dense_fallback import dense_fallback_fraction
 from .macs import record_macs
@@ -143,19 +142,16 @@ def _dense_then_mask(x, weight, mask, residual, padding, dilation, *, bias, scal
     """The dense convolution (frozen-BN affine folded into its weights), the mask (unless ``full``: every
     pixel active), then the residual and the activation in place: for dense active sets."""
     weight, bias = fold_affine(weight, bias, scale, shift)
-    x = x.contiguous(memory_format=torch.channels_last)
-    if relu and residual is None:  # relu(where(m, conv, 0)) == where(m, relu(conv), 0): one fused pass
-        y = conv2d_relu(x, weight, bias, padding, dilation)
-    else:
-        y = F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation))
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=tuple(padding),
+                 dilation=tuple(dilation))
     if not full:
         y.masked_fill_(~mask[:, None], 0)
     if residual is not None:
         if res_scale != 1.0:
             y.mul_(res_scale)
         y.add_(residual)
-        if relu:
-            y.relu_()
+    if relu:
+        y.relu_()
     return y.contiguous(memory_format=torch.channels_last)
 
 

@@ -79,14 +79,17 @@ def test_gpu_crossover_is_measured_once_per_dtype_pinnable_and_fixed_in_determin
 def test_auto_falls_back_on_every_device_and_the_named_backends_never_do():
     """"auto" runs its device's kernels with the dense fallback (a GPU's Triton too); "torch" and
     "triton" always run their kernels."""
+    from types import SimpleNamespace
+
     from sparsecascade.kernels import TRITON_AVAILABLE
     from sparsecascade.ops.region_conv import _kernel_backend
 
-    assert _kernel_backend("auto", torch.device("cpu")) == ("torch", True)
-    assert _kernel_backend("torch", torch.device("cpu")) == ("torch", False)
+    assert _kernel_backend("auto", torch.zeros(1)) == ("torch", True)
+    assert _kernel_backend("torch", torch.zeros(1)) == ("torch", False)
     if TRITON_AVAILABLE:
-        assert _kernel_backend("auto", torch.device("cuda", 0)) == ("triton", True)
-        assert _kernel_backend("triton", torch.device("cuda", 0)) == ("triton", False)
+        gpu_input = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)  # what it reads of one
+        assert _kernel_backend("auto", gpu_input) == ("triton", True)
+        assert _kernel_backend("triton", gpu_input) == ("triton", False)
 
 
 def test_environment_pins_and_bad_values_are_refused():

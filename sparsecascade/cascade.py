@@ -38,11 +38,12 @@ class CascadeOutput:
     """What ``LayerCascade`` returns in eval mode."""
 
     logits: torch.Tensor  # (N, C, H, W): the deciding stage's logits, bilinearly upsampled to the input
-    labels: torch.Tensor  # (N, H, W) int64
+    labels: torch.Tensor  # (N, H, W) int64: the argmax of ``probs``
     stage_map: torch.Tensor  # (N, h, w) int64: the 1-based stage that decided each pixel
     stop_fractions: list[float]  # per stage, the share of all pixels decided there (sums to 1)
     macs: int  # multiply-accumulates executed
     dense_macs: int  # what the dense network (every stage and head on every pixel) executes
+    probs: torch.Tensor  # (N, C, H, W): the deciding stage's softmax probabilities, bilinearly upsampled
 
     @property
     def mac_ratio(self) -> float:
@@ -256,7 +257,8 @@ class LayerCascade(nn.Module):
         return self._assemble(x, results, macs, first_size)
 
     def _assemble(self, x, results, macs, size) -> CascadeOutput:
-        """The deciding stage's logits per pixel, at stage 1's resolution ``size``, then upsampled to the image."""
+        """The deciding stage's logits per pixel, at stage 1's resolution ``size``, then upsampled to the image,
+        and so its probabilities (whose argmax are the labels)."""
         h, w = size
         ran = [r for r in results if r is not None]
         logits = ran[0][0].new_zeros(x.shape[0], ran[0][0].shape[1], h, w)
@@ -274,7 +276,9 @@ class LayerCascade(nn.Module):
         counts = torch.bincount(stage_map.reshape(-1), minlength=self.num_stages + 1)[1:]
         fractions = (counts.double() / stage_map.numel()).tolist()
         up = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return CascadeOutput(up, up.argmax(1), stage_map, fractions, int(macs), self.dense_macs(x))
+        # DESIGN.md section 1: the probabilities (not the logits) are upsampled before the argmax
+        probs = F.interpolate(torch.softmax(logits, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return CascadeOutput(up, probs.argmax(1), stage_map, fractions, int(macs), self.dense_macs(x), probs)
 
     def dense_macs(self, x: torch.Tensor) -> int:
         """MACs of every stage and head on every pixel for an input shaped like ``x``."""

@@ -6,7 +6,7 @@
 
 ``val_data`` is a data set yielding ``(image (3, H, W) float, label (H, W) int64)`` (a
 ``sparsecascade.data`` data set with ``eval_transform``) or an iterable of such batches. The
-prediction is compared at the label's resolution (logits upsampled bilinearly when the image was
+prediction is compared at the label's resolution (the probabilities upsampled bilinearly when the image was
 resized). ``ms_per_image`` times the model's forward alone (after one untimed warm-up pass,
 synchronised on CUDA); ``mac_ratio`` is the executed share of the dense network's MACs.
 The result record (``EvalResult``) and its writers (table, CSV, JSON, plot) are in :mod:`sparsecascade.eval_report`.
@@ -77,6 +77,8 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[Rho] = None, device=Non
         for x, target in batches:
             if max_images is not None and images >= max_images:
                 break
+            if max_images is not None and images + x.shape[0] > max_images:  # the last batch, cut to the limit
+                x, target = x[: max_images - images], target[: max_images - images]
             x, target = x.to(device), target.to(device)
             if images == 0:
                 model(x)  # warm-up: first-call allocations and kernel selection stay out of the timing
@@ -85,13 +87,13 @@ def evaluate(model: LayerCascade, data, *, rho: Optional[Rho] = None, device=Non
             out = model(x)
             _sync(device)
             seconds += time.perf_counter() - t0
-            logits = out.logits
-            if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
-                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            probs = out.probs
+            if tuple(probs.shape[-2:]) != tuple(target.shape[-2:]):
+                probs = F.interpolate(probs, size=target.shape[-2:], mode="bilinear", align_corners=False)
             if cm is None:
-                cm = ConfusionMatrix(logits.shape[1], ignore_index)
-                stages = StageDistribution(logits.shape[1], model.num_stages, ignore_index)
-            cm.update(logits.argmax(1).cpu(), target.cpu())
+                cm = ConfusionMatrix(probs.shape[1], ignore_index)
+                stages = StageDistribution(probs.shape[1], model.num_stages, ignore_index)
+            cm.update(probs.argmax(1).cpu(), target.cpu())
             stages.update(out.stage_map, target)
             macs, dense, images = macs + out.macs, dense + out.dense_macs, images + x.shape[0]
         if cm is None:

@@ -228,8 +228,8 @@ def segment_batch(model, rgbs: Sequence[np.ndarray], rho=None) -> list[Segmentat
         model.rho = old_rho
         model.train(was_training)
     labels = out.labels
-    if tuple(labels.shape[-2:]) != (h, w):  # the logits, not the labels, are resized: smooth boundaries
-        labels = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False).argmax(1)
+    if tuple(labels.shape[-2:]) != (h, w):  # the probabilities, not the labels, are resized: smooth boundaries
+        labels = F.interpolate(out.probs, size=(h, w), mode="bilinear", align_corners=False).argmax(1)
     stage_maps = F.interpolate(out.stage_map[:, None].float(), size=(h, w), mode="nearest")[:, 0]
     num_classes = out.logits.shape[1]
     config = getattr(model, "config", None) or {}

@@ -154,6 +154,16 @@ def reference_cascade(model, x, rho):
     return final, stage_map
 
 
+def assert_probabilities_then_labels(out, want_logits, x):
+    """DESIGN.md section 1: the deciding stages' probabilities (softmax at stage 1's resolution) are
+    upsampled to the input, then the argmax is taken; ties and near-ties aside, the labels are it."""
+    want_probs = F.interpolate(torch.softmax(want_logits, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.probs, want_probs, rtol=1e-4, atol=1e-5)
+    top2 = want_probs.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # where rounding cannot flip the argmax
+    assert torch.equal(out.labels[clear], want_probs.argmax(1)[clear])
+
+
 def make_model(seed=0, rho=0.7, downsample_stage3=False, head_gain=6.0):
     torch.manual_seed(seed)
     stages, channels = make_backbone(downsample_stage3)
@@ -238,6 +248,7 @@ def test_backends_equal_reference(seed, rho, downsample):
         assert torch.equal(out.stage_map, want_map), backend
         want = F.interpolate(want_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         torch.testing.assert_close(out.logits, want, rtol=1e-4, atol=1e-5, msg=backend)
+        assert_probabilities_then_labels(out, want_logits, x)
         assert sum(out.stop_fractions) == pytest.approx(1.0)
     # "auto" on a CPU runs a nearly full region as the dense convolution: more MACs executed
     assert outs["torch"].macs <= outs["auto"].macs <= outs["dense"].macs
@@ -257,6 +268,7 @@ def test_per_stage_rho_equals_reference(seed, rho):
             assert torch.equal(out.stage_map, want_map), backend
             want = F.interpolate(want_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
             torch.testing.assert_close(out.logits, want, rtol=1e-4, atol=1e-5, msg=backend)
+            assert_probabilities_then_labels(out, want_logits, x)
 
 
 def test_a_stage_at_rho_one_skips_its_head_only():

@@ -198,6 +198,42 @@ def test_a_diverged_run_ends_in_one_line(capsys, camvid_tiny, tmp_path):
     assert "error: training diverged at step 3" in err and "last.pt (step 2)" in err
 
 
+def test_a_data_error_in_a_loader_worker_is_the_librarys_one_line(capsys, tmp_path):
+    """A label file with a value CamVid does not have, read in a DataLoader worker process: the one line
+    is the data set's own message (not torch's re-raised worker traceback), as with --workers 0."""
+    from test_train import make_camvid_fixture
+
+    root = make_camvid_fixture(tmp_path / "camvid", n_train=4, n_val=1)
+    bad = root / "trainannot" / "f002.png"
+    label = np.array(Image.open(bad))
+    label[0, 0] = 40
+    Image.fromarray(label).save(bad)
+    for workers in ("1", "0"):
+        argv = ["train", "--model", "test_train:tiny_cascade", "--dataset", "camvid", "--data-root", str(root),
+                "--crop-size", "32", "32", "--batch-size", "4", "--steps", "2", "--out", str(tmp_path / f"r{workers}"),
+                "--workers", workers, "--no-progress", "--device", "cpu"]
+        code, _, err = cli_main(capsys, *argv)
+        assert_one_line_error(code, err, "f002.png: unexpected label values [40] for camvid")
+        assert "DataLoader" not in err and "Traceback" not in err and "--debug" not in err, err
+
+
+def test_optimizer_options_out_of_range_are_refused_by_name(capsys):
+    for option, value, words in (("--seed", "-1", "argument --seed: expected an integer >= 0"),
+                                 ("--workers", "-2", "argument --workers: expected an integer >= 0"),
+                                 ("--stop-after", "0", "argument --stop-after: expected a positive integer"),
+                                 ("--poly-power", "-1", "poly_power: expected a number >= 0"),
+                                 ("--momentum", "1.5", "momentum: expected a number in [0, 1)"),
+                                 ("--weight-decay", "-0.1", "weight_decay: expected a number >= 0")):
+        code, _, err = cli_main(capsys, "train", option, value)
+        assert_one_line_error(code, err, words)
+
+
+def test_eval_refuses_a_rho_or_head_that_a_sweep_would_ignore(capsys, tmp_path):
+    for extra in (["--rhos", "0.9,0.5", "--rho", "0.7"], ["--budget", "0.5", "--head", "1"]):
+        code, _, err = cli_main(capsys, "eval", "--checkpoint", str(tmp_path / "last.pt"), *extra)
+        assert_one_line_error(code, err, "--rho, --head: not with --rhos or --budget")
+
+
 # -- segment: one output name per input, each file once --------------------------------------------------
 def test_segment_never_writes_two_inputs_to_one_name(capsys, model_folder, tmp_path):
     from sparsecascade.cli import output_stems

@@ -50,8 +50,9 @@ def reference(model, data, rho, num_classes=11):
         for i in range(len(data)):
             x, y = data[i]
             out = model(x[None])
-            logits = F.interpolate(out.logits, size=y.shape, mode="bilinear", align_corners=False)
-            pred = logits.argmax(1)[0].numpy()
+            # the cascade's upsampled probabilities (test_cascade checks them against DESIGN.md section 1)
+            probs = F.interpolate(out.probs, size=y.shape, mode="bilinear", align_corners=False)
+            pred = probs.argmax(1)[0].numpy()
             for t, p in zip(y.numpy().flat, pred.flat):
                 if t != 255:
                     cm[t, p] += 1
@@ -79,6 +80,18 @@ def test_evaluate_matches_reference(val_data):
     assert r.class_names[0] == "sky"
     json.dumps(r.to_dict())  # JSON-ready
     assert "decided at stage" in r.report()
+
+
+@pytest.mark.parametrize("max_images, batch_size", [(2, 2), (1, 4), (2, 4), (3, 2)])
+def test_max_images_scores_exactly_that_many_whatever_the_batch(val_data, max_images, batch_size):
+    """The first ``max_images`` images and no more, even where a batch would run past the limit."""
+    model = confident_tiny()
+    r = evaluate(model, val_data, rho=0.5, max_images=max_images, batch_size=batch_size)
+    first = torch.utils.data.Subset(val_data, range(max_images))
+    want = reference(model, first, 0.5)
+    assert r.num_images == max_images
+    assert r.miou == pytest.approx(want["miou"])
+    assert r.stop_fractions == pytest.approx(want["stops"].tolist())
 
 
 def test_resized_images_are_scored_at_label_size(camvid_tiny):  # noqa: F811

@@ -266,7 +266,7 @@ def test_segment_at_the_trained_scale(tiny, tmp_path):
     with torch.no_grad():
         out = tiny(small)
     assert out.logits.shape[-2:] == (30, 45)
-    expected = F.interpolate(out.logits, size=(60, 90), mode="bilinear", align_corners=False).argmax(1)[0]
+    expected = F.interpolate(out.probs, size=(60, 90), mode="bilinear", align_corners=False).argmax(1)[0]
     assert result.labels.shape == result.stage_map.shape == (60, 90)
     assert (result.labels == expected.numpy()).all()
     stages = out.stage_map[0].numpy()  # at stage 1's resolution (1/8 of 30x45): each cell 15x15 pixels here

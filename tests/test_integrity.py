@@ -195,6 +195,15 @@ def test_a_pickle_is_refused_without_passing_on_torchs_advice(tmp_path):
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("content", [b"x\n", b"\0" * 100, bytes(range(256)) * 16], ids=["text", "zeros", "bytes"])
+def test_garbage_is_called_damaged_not_pickled_objects(tmp_path, content):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged or not a torch checkpoint") as error:
+        load_checkpoint(path)
+    assert "pickled Python objects" not in str(error.value) and "weights_only" not in str(error.value)
+
+
 def test_training_again_without_resume_refuses_and_changes_nothing(camvid_tiny, tmp_path):
     train(tiny_config(camvid_tiny, tmp_path, steps=3))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

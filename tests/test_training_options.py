@@ -2,6 +2,7 @@
 layers, median-frequency class weights and the class-weighted losses, each against a hand
 computation or torch's own unweighted / weighted cross-entropy."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -84,3 +85,15 @@ def test_bad_class_weights_are_refused():
         sc.losses.cascade_loss(out, target, class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="class_weights"):
         TrainConfig(class_weights=[1.0, -1.0]).validate()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("seed", -1, "seed: expected an int >= 0"), ("seed", 1.5, "seed: expected an int >= 0"),
+    ("workers", -1, "workers: expected an int >= 0"), ("poly_power", -0.5, "poly_power: expected a number >= 0"),
+    ("poly_power", float("nan"), "poly_power"), ("momentum", 1.0, "momentum: expected a number in [0, 1)"),
+    ("weight_decay", -1e-4, "weight_decay: expected a number >= 0"),
+])
+def test_optimizer_and_loader_settings_are_checked(field, value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(**{field: value}).validate()
+    TrainConfig(**{field: {"seed": 3, "workers": 0, "poly_power": 0.0, "momentum": 0.0, "weight_decay": 0.0}[field]}).validate()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -122,11 +123,24 @@ def _exit_status(error: BaseException) -> int:
     return 1 if isinstance(error, TrainingDiverged) else 2
 
 
+# A DataLoader worker's error reaches the main process as a new exception of the same type whose
+# message is "Caught X in DataLoader worker process N." and the worker's traceback, as text.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
 def _one_line(error: BaseException) -> str:
     """The error's message on one line; one that sparsecascade did not raise (torch's, Pillow's ...)
-    also says its type and where the traceback is."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-    if not _raised_here(error):
+    also says its type and where the traceback is. An error raised in a data-loading worker is
+    reported as the worker raised it (its message, the frame it came from), not as torch wraps it."""
+    text, here = str(error), _raised_here(error)
+    if _WORKER_TRACEBACK in text:
+        worker_traceback = text.split(_WORKER_TRACEBACK, 1)[1]
+        frames = re.findall(r'File "([^"]+)"', worker_traceback)
+        here = bool(frames) and Path(frames[-1]).resolve().is_relative_to(PACKAGE_DIR)
+        # the message: what follows the last frame's source lines, after "ValueError: "
+        text = re.split(r'\n(?=\S)', worker_traceback.strip())[-1].removeprefix(f"{type(error).__name__}: ")
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+    if not here:
         text = f"{type(error).__name__}: {text} (--debug: the traceback)"
     return text
 

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import device_name, load_model, positive_float, positive_int, rho_list, rho_value, set_threads
+from .options import (device_name, load_model, non_negative_int, positive_float, positive_int, rho_list, rho_value,
+                      set_threads)
 
 HELP = "mIoU, stage statistics, ms/image; rho sweep; rho calibration"
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images (labels stay full size)")
     p.add_argument("--max-images", dest="max_images", type=positive_int, metavar="N")
     p.add_argument("--device", type=device_name, default="auto", metavar="DEV", help="auto (default), cpu, cuda")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes")
+    p.add_argument("--workers", type=non_negative_int, default=2, metavar="N", help="data-loading processes")
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
     p.add_argument("--out", metavar="DIR", help="where results go (default: beside the checkpoint, eval/)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ..rho import format_rho
     from ..train import load_trained_model, model_normalization
 
+    if (args.rhos or args.budget is not None) and (args.rho is not None or args.head is not None):
+        raise ValueError("--rho, --head: not with --rhos or --budget (a sweep and a calibration set rho themselves)")
     set_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.checkpoint:

@@ -58,6 +58,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def device_name(text: str) -> str:
     """auto, cpu, cuda or cuda:N; CUDA only where this torch has it."""
     import torch

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from .options import SUPPRESS as S
-from .options import device_name, float_list, json_object, positive_float, positive_int, rho_value, set_threads
+from .options import (device_name, float_list, json_object, non_negative_int, positive_float, positive_int, rho_value,
+                      set_threads)
 
 HELP = "train LC or a baseline (plain, dsn, dsn_dropout, model_cascade)"
 
@@ -50,18 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poly-power", dest="poly_power", type=float, default=S, metavar="X")
     g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S, metavar="X", help="max gradient norm")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=S, help="no mixed precision on CUDA")
-    g.add_argument("--seed", type=int, default=S, metavar="N")
+    g.add_argument("--seed", type=non_negative_int, default=S, metavar="N")
     g = p.add_argument_group("run")
     g.add_argument("--out", dest="out_dir", default=S, metavar="DIR", help="checkpoint, log.jsonl, config.json")
     g.add_argument("--device", type=device_name, default=S, metavar="DEV", help="auto (default), cpu, cuda")
-    g.add_argument("--workers", type=int, default=S, metavar="N", help="data-loading processes")
+    g.add_argument("--workers", type=non_negative_int, default=S, metavar="N", help="data-loading processes")
     g.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads of torch (default: torch's)")
     g.add_argument("--ckpt-every", dest="ckpt_every", type=positive_int, default=S, metavar="N")
     g.add_argument("--log-every", dest="log_every", type=positive_int, default=S, metavar="N")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     g.add_argument("--resume", action="store_true", help="continue the run in DIR (last.pt, else previous.pt)")
     g.add_argument("--overwrite", action="store_true", help="start again from step 0 in a DIR that holds a run")
-    g.add_argument("--stop-after", dest="stop_after", type=int, metavar="N",
+    g.add_argument("--stop-after", dest="stop_after", type=positive_int, metavar="N",
                    help="end this run (checkpointed) after step N")
 
 

@@ -138,7 +138,7 @@ def _torch_load(path: Path, map_location) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
+        if "unsupported global" in str(e).lower():  # a class or function to import (garbage: "unsupported operand")
             raise CheckpointError(f"checkpoint: {path} holds pickled Python objects, not only tensors; sparsecascade "
                                   f"loads weights-only checkpoints (loading objects could run code from the file)") from None
         raise CheckpointError(f"checkpoint: {path} is damaged or not a torch checkpoint ({_first_line(e)})") from None

@@ -131,6 +131,14 @@ class TrainConfig:
             raise ValueError(f"divergence_ratio: expected a number > 1 or None, got {self.divergence_ratio!r}")
         if self.lr <= 0 or self.head_lr_mult <= 0:
             raise ValueError(f"lr, head_lr_mult: expected positive numbers, got {self.lr!r}, {self.head_lr_mult!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1), got {self.momentum!r}")
+        for name in ("weight_decay", "poly_power"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        for name in ("seed", "workers"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {getattr(self, name)!r}")
         return self
 
     def identity(self) -> dict:

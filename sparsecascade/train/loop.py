@@ -57,6 +57,8 @@ def train(cfg: TrainConfig, *, model: Optional[LayerCascade] = None, train_data:
     (without either, that is an error); ``stop_after`` ends this run (with a checkpoint) once that
     many steps are done in total."""
     cfg.validate()
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after: expected a positive int (the step to stop after) or None, got {stop_after!r}")
     if resume and overwrite:
         raise ValueError("resume, overwrite: pass one of them (continue the run, or start it again), not both")
     ctx = init_distributed(cfg.device)

@@ -137,8 +137,9 @@ class TrainConfig:
             if not getattr(self, name) >= 0:  # NaN fails too
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
         for name in ("seed", "workers"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         return self
 
     def identity(self) -> dict:
